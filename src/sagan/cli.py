@@ -1,0 +1,250 @@
+"""The ``sagan`` command: train, sample and export.
+
+``sagan train`` takes a preset (``demo`` unless given), an optional ``--config`` YAML and dotted
+overrides, in that order. Running it again on the same run directory resumes; an existing run
+directory's saved config is the base when no ``--preset`` is given, so ``sagan train --out RUN
+--steps N`` continues a run without repeating its options.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+
+from jsonargparse import ActionConfigFile, ArgumentParser  # noqa: E402
+
+from .config import PRESETS, RunConfig, config_from_dict, preset_path, suggest_key  # noqa: E402
+from .console import UserError, info  # noqa: E402
+
+COMMANDS = {
+    "train": "train a SAGAN (default: the demo preset on bundled MNIST); rerun to resume",
+    "sample": "write images or a grid from a run directory, checkpoint or exported file",
+    "export": "write a run's EMA generator as safetensors, spectral norm baked in",
+}
+
+
+def _train_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="sagan train",
+        description="Train a Self-Attention GAN. Options apply in order: --preset, then --config, then "
+        "dotted overrides such as --model.g_ch 32 or --train.lr_d 2e-4. Rerunning on an existing --out "
+        "resumes from its latest checkpoint.",
+        exit_on_error=False,
+        default_env=False,
+    )
+    p.add_argument("--preset", type=Optional[str], default=None,
+                   help=f"bundled preset: {', '.join(PRESETS)} (default: demo, or the saved config of an existing --out)")
+    p.add_argument("--config", action=ActionConfigFile, help="a YAML file of config values (see --print_config)")
+    p.add_argument("--out", type=Optional[str], default=None,
+                   help="run directory (default: runs/<preset>, or runs/<preset>-<data name> with --data)")
+    p.add_argument("--device", type=str, default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing run in --out and start over")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar (metrics are still logged)")
+    p.add_class_arguments(RunConfig, None)
+    return p
+
+
+def _sample_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="sagan sample", description="Write samples from a trained generator (EMA by default).",
+                       exit_on_error=False, default_env=False)
+    p.add_argument("source", type=str, help="run directory, checkpoint (.pt) or exported .safetensors")
+    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--class", type=Optional[int], default=None, dest="class_",
+                   help="class index for a conditional model (default: classes spread over the samples)")
+    p.add_argument("--grid", action="store_true", help="write one grid PNG instead of one PNG per image")
+    p.add_argument("--seed", type=int, default=0, help="random seed for z (and classes)")
+    p.add_argument("--truncation", type=Optional[float], default=None, help="truncation trick: resample |z| > T")
+    p.add_argument("--out", type=Optional[str], default=None,
+                   help="output PNG (with --grid) or folder (default: inside the run directory)")
+    p.add_argument("--raw", action="store_true", help="use the raw generator instead of its EMA (checkpoints only)")
+    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    return p
+
+
+def _export_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="sagan export", description="Export the EMA generator of a run as safetensors "
+                       "(spectral norm baked into plain weights, config in the metadata).",
+                       exit_on_error=False, default_env=False)
+    p.add_argument("source", type=str, help="run directory or checkpoint (.pt)")
+    p.add_argument("--out", type=Optional[str], default=None,
+                   help="output file (default: <run>/generator_ema.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    return p
+
+
+PARSERS = {"train": _train_parser, "sample": _sample_parser, "export": _export_parser}
+
+
+def _explain(err: Exception) -> str:
+    """Turn a jsonargparse error into one sentence, naming the nearest valid key."""
+    msg = str(err).strip()
+    m = re.search(r"unrecognized arguments: (\S+)", msg)
+    if m:
+        return f"unknown option {m.group(1)}{suggest_key(m.group(1))}; see --help"
+    m = re.search(r"Group '([\w.]+)' does not accept (?:nested key|option) '([\w.]+)'", msg)
+    if m:
+        key = f"{m.group(1)}.{m.group(2)}"
+        return f"unknown config key '{key}'{suggest_key(key)}"
+    m = re.search(r"Key '([\w.]+)' is not expected|No action for key \"([\w.]+)\"", msg)
+    if m:
+        key = m.group(1) or m.group(2)
+        return f"unknown config key '{key}'{suggest_key(key)}"
+    first = msg.splitlines()[0]
+    if first.startswith("Parser key") and len(msg.splitlines()) > 1:
+        return f"{first.split(':')[0].replace('Parser key', 'option')}: {msg.splitlines()[1].strip()}"
+    return first
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _default_out(preset: str, data: str | None) -> Path:
+    if data is None:
+        return Path("runs") / preset
+    stem = Path(data.rstrip("/")).name.split(".")[0] or "data"
+    return Path("runs") / f"{preset}-{stem}"
+
+
+def cmd_train(argv: list[str]) -> int:
+    parser = _train_parser()
+    preset = _flag_value(argv, "--preset")
+    out = _flag_value(argv, "--out")
+    if preset is not None:
+        base = preset_path(preset)
+    elif out is not None and (Path(out) / "config.yaml").exists() and "--overwrite" not in argv:
+        base = Path(out) / "config.yaml"
+        info(f"using the saved config of {out} (pass --preset to start from a preset)")
+    else:
+        preset = "demo"
+        base = preset_path("demo")
+    if "-h" in argv or "--help" in argv:
+        parser.parse_args(["--help"])
+    ns = _parse(parser, ["--config", str(base), *argv])
+    d = ns.as_dict()
+    for k in ("preset", "config", "out", "device", "overwrite", "no_progress", "__path__"):
+        d.pop(k, None)
+    cfg = config_from_dict(d)
+    run_dir = Path(ns.out) if ns.out else _default_out(preset or "demo", cfg.data)
+    from .training import Trainer
+
+    trainer = Trainer(cfg, run_dir, device=ns.device, overwrite=ns.overwrite, progress=not ns.no_progress)
+    trainer.fit()
+    info(f"done: {run_dir}/samples/latest.png; sample with: sagan sample {run_dir} --grid")
+    return 0
+
+
+def _parse(parser: ArgumentParser, argv: list[str]):
+    try:
+        return parser.parse_args(argv)
+    except SystemExit:
+        raise
+    except Exception as e:  # jsonargparse's ArgumentError and friends
+        raise UserError(_explain(e)) from None
+
+
+def cmd_sample(argv: list[str]) -> int:
+    ns = _parse(_sample_parser(), argv)
+    import torch
+
+    from .sampling import load_generator, save_grid, to_uint8
+    from .training import resolve_device
+
+    src = Path(ns.source)
+    G = load_generator(src, device=resolve_device(ns.device), ema=not ns.raw)
+    n = ns.n
+    if n < 1:
+        raise UserError("--n must be at least 1")
+    y = None
+    if G.num_classes > 0:
+        if ns.class_ is not None:
+            if not 0 <= ns.class_ < G.num_classes:
+                raise UserError(f"--class must lie in 0..{G.num_classes - 1}")
+            y = ns.class_
+        else:
+            y = (torch.arange(n) * G.num_classes // n).long()
+    elif ns.class_ is not None:
+        raise UserError("this generator is unconditional; drop --class")
+    imgs = G.sample(n, y=y, seed=ns.seed, truncation=ns.truncation).cpu()
+    base = src if src.is_dir() else src.parent
+    tag = f"seed{ns.seed}" + (f"_class{ns.class_}" if ns.class_ is not None else "")
+    if ns.grid:
+        out = Path(ns.out) if ns.out else base / "samples" / f"sample_{tag}.png"
+        if out.exists() and not ns.overwrite:
+            raise UserError(f"{out} already exists; pass --overwrite or choose another --out")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_grid(imgs, out, columns=max(1, math.ceil(math.sqrt(n))))
+        info(f"wrote a grid of {n} images to {out}")
+        return 0
+    out = Path(ns.out) if ns.out else base / "generated" / tag
+    if out.exists() and any(out.iterdir()) and not ns.overwrite:
+        raise UserError(f"{out} already holds files; pass --overwrite or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    arr = to_uint8(imgs).permute(0, 2, 3, 1).numpy()
+    labels = y if torch.is_tensor(y) else [y] * n
+    for i in range(n):
+        im = arr[i, :, :, 0] if arr.shape[-1] == 1 else arr[i]
+        name = f"{i:06d}" + (f"_class{int(labels[i])}" if G.num_classes > 0 else "") + ".png"
+        Image.fromarray(im).save(out / name)
+    info(f"wrote {n} images to {out}")
+    return 0
+
+
+def cmd_export(argv: list[str]) -> int:
+    ns = _parse(_export_parser(), argv)
+    from .sampling import export_generator
+
+    src = Path(ns.source)
+    out = Path(ns.out) if ns.out else (src if src.is_dir() else src.parent) / "generator_ema.safetensors"
+    export_generator(src, out, overwrite=ns.overwrite)
+    info(f"exported the EMA generator to {out}; load it with sagan.load_generator('{out}')")
+    return 0
+
+
+def _usage() -> str:
+    lines = ["usage: sagan COMMAND [options]   (sagan COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
+    lines += ["", "Start with: sagan train   (trains the demo preset on bundled MNIST and writes sample grids)"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    handlers = {"train": cmd_train, "sample": cmd_sample, "export": cmd_export}
+    if cmd not in handlers:
+        import difflib
+
+        close = difflib.get_close_matches(cmd, list(handlers), n=1)
+        print(f"error: unknown command {cmd!r}" + (f" (did you mean '{close[0]}'?)" if close else "")
+              + f"; commands: {', '.join(handlers)}", file=sys.stderr)
+        return 2
+    try:
+        return handlers[cmd](rest)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

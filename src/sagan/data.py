@@ -1,0 +1,514 @@
+"""Reading image datasets and streaming training batches.
+
+Sources:
+
+* a folder or a zip archive with torchvision ``ImageFolder`` semantics: class subfolders,
+  sorted, give the labels; images directly at the top mean unconditional data. A single
+  wrapping folder (``archive.zip: cifar10/<class>/...``) is looked through.
+* CIFAR-10/100 python batches (the extracted ``cifar-10-batches-py`` folder or its .tar.gz).
+* MNIST IDX files (a folder holding ``train-``/``t10k-images-idx3-ubyte[.gz]``).
+
+Images are resized (shorter side) and centre-cropped to the model's resolution and converted to
+grayscale or RGB. Datasets that fit in memory are decoded once, by DataLoader workers, into a
+uint8 tensor; larger ones are decoded on the fly by workers during training.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import struct
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .console import UserError, info, warn
+
+__all__ = ["ImageData", "open_dataset", "BatchStream", "demo_data_path", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def demo_data_path() -> Path:
+    """Folder of the bundled MNIST test set (the original t10k IDX files)."""
+    return Path(str(resources.files("sagan") / "demo"))
+
+
+# --------------------------------------------------------------------------------------------
+# Listing files: one interface for folders and zips
+
+
+class _Files:
+    """Lists and opens the files of a folder or a zip archive by relative posix path."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.is_zip = root.is_file()
+        self._zip = None
+        if self.is_zip:
+            try:
+                with zipfile.ZipFile(root) as z:
+                    self.names = [n for n in z.namelist() if not n.endswith("/")]
+            except zipfile.BadZipFile:
+                raise UserError(f"{root} is not a readable zip archive; check the file or unpack it") from None
+        else:
+            self.names = []
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                dirnames.sort()
+                rel = Path(dirpath).relative_to(root)
+                for fn in sorted(filenames):
+                    self.names.append((rel / fn).as_posix())
+                for d in dirnames:  # keep empty folders visible so that empty classes are reported
+                    if not any(True for _ in os.scandir(Path(dirpath) / d)):
+                        self.names.append((rel / d).as_posix() + "/")
+
+    def open(self, name: str) -> io.BytesIO:
+        if self.is_zip:
+            if self._zip is None or self._zip_pid != os.getpid():  # one handle per worker process
+                self._zip, self._zip_pid = zipfile.ZipFile(self.root), os.getpid()
+            return io.BytesIO(self._zip.read(name))
+        with open(self.root / name, "rb") as f:
+            return io.BytesIO(f.read())
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_zip"] = None
+        return state
+
+
+def _is_image(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+# --------------------------------------------------------------------------------------------
+# The dataset
+
+
+@dataclass
+class ImageData:
+    """A dataset prepared for one resolution and channel count.
+
+    ``images`` is a uint8 tensor (N, C, R, R) when cached in memory, else None and
+    ``__getitem__`` decodes on the fly. ``labels`` is a long tensor (all 0 when unconditional).
+    """
+
+    resolution: int
+    channels: int
+    labels: torch.Tensor
+    class_names: list[str]
+    source: str
+    images: torch.Tensor | None = None
+    _files: _Files | None = None
+    _names: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def decode(self, i: int) -> torch.Tensor | None:
+        """Image ``i`` as uint8 (C, R, R), or None when the file cannot be decoded."""
+        if self.images is not None:
+            return self.images[i]
+        return _decode(self._files.open(self._names[i]), self.resolution, self.channels)
+
+    def __getitem__(self, i: int):
+        img = self.decode(i)
+        if img is None:  # unreadable: substitute a deterministic neighbour
+            for j in range(1, 64):
+                img = self.decode((i + j) % len(self))
+                if img is not None:
+                    break
+            else:
+                raise UserError(f"dozens of unreadable images in a row in {self.source}; check the data")
+        return img, self.labels[i]
+
+
+def _decode(buf: io.BytesIO, resolution: int, channels: int) -> torch.Tensor | None:
+    try:
+        with Image.open(buf) as im:
+            im.load()
+            im = im.convert("L" if channels == 1 else "RGB")
+    except Exception:
+        return None
+    return _resize_crop_pil(im, resolution)
+
+
+def _resize_crop_pil(im: Image.Image, res: int) -> torch.Tensor:
+    w, h = im.size
+    if (w, h) != (res, res):
+        s = res / min(w, h)
+        nw, nh = max(res, round(w * s)), max(res, round(h * s))
+        im = im.resize((nw, nh), Image.Resampling.BICUBIC if s > 1 else Image.Resampling.LANCZOS)
+        left, top = (nw - res) // 2, (nh - res) // 2
+        im = im.crop((left, top, left + res, top + res))
+    arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def _resize_array(x: torch.Tensor, res: int) -> torch.Tensor:
+    """Resize-and-centre-crop a uint8 (N, C, H, W) tensor in batches."""
+    n, c, h, w = x.shape
+    if (h, w) == (res, res):
+        return x
+    s = res / min(h, w)
+    nh, nw = max(res, round(h * s)), max(res, round(w * s))
+    out = torch.empty(n, c, res, res, dtype=torch.uint8)
+    for i in range(0, n, 1024):
+        y = F.interpolate(x[i : i + 1024].float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+        t, l = (nh - res) // 2, (nw - res) // 2
+        out[i : i + 1024] = y[:, :, t : t + res, l : l + res].round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Layout detection for folders and zips
+
+
+def _layout(names: list[str], where: str) -> tuple[str, list[str], list[int], list[str], int]:
+    """Decide the layout. Returns (prefix, image names, labels, class names, non-image count)."""
+    prefix = ""
+    while True:
+        rel = [n[len(prefix) :] for n in names if n.startswith(prefix)]
+        tops = {r.split("/", 1)[0] for r in rel if "/" in r}
+        top_images = [r for r in rel if "/" not in r and _is_image(r)]
+        # look through one wrapping folder that holds only subfolders (e.g. a zip of 'cifar10/')
+        if not top_images and len(tops) == 1:
+            only = next(iter(tops))
+            inner = [r[len(only) + 1 :] for r in rel if r.startswith(only + "/")]
+            if inner and not any("/" not in r and _is_image(r) for r in inner):
+                prefix += only + "/"
+                continue
+        break
+    files = [r for r in rel if r and not r.endswith("/")]
+    images = [r for r in files if _is_image(r)]
+    skipped = len(files) - len(images)
+    top_images = [r for r in images if "/" not in r]
+    nested = [r for r in images if "/" in r]
+    if not images:
+        raise UserError(f"no images found in {where}; expected image files or one subfolder per class")
+    if top_images and nested:
+        raise UserError(
+            f"ambiguous layout in {where}: {len(top_images)} images sit at the top and {len(nested)} in "
+            "subfolders; put all images in class subfolders (conditional) or all at the top (unconditional)"
+        )
+    if top_images:
+        return prefix, sorted(top_images), [0] * len(top_images), [], skipped
+    classes = sorted({r.split("/", 1)[0] for r in rel if "/" in r})
+    per_class = {c: [] for c in classes}
+    for r in images:
+        per_class[r.split("/", 1)[0]].append(r)
+    empty = [c for c in classes if not per_class[c]]
+    if empty:
+        raise UserError(
+            f"class folder '{empty[0]}' in {where} holds no images; remove it or add images "
+            f"({len(empty)} empty class folder{'s' if len(empty) > 1 else ''})"
+        )
+    for c in classes:
+        direct = [r for r in per_class[c] if r.count("/") == 1]
+        if not direct:
+            subs = sorted({r.split("/")[1] for r in per_class[c]})
+            if len(subs) > 1:
+                raise UserError(
+                    f"ambiguous layout in {where}: class folder '{c}' holds only subfolders ({', '.join(subs[:4])}"
+                    f"{', ...' if len(subs) > 4 else ''}); point --data at the folder whose subfolders are the classes"
+                )
+    if len(classes) == 1:
+        info(f"one class folder ('{classes[0]}') found: training unconditionally")
+        imgs = sorted(per_class[classes[0]])
+        return prefix, imgs, [0] * len(imgs), [], skipped
+    out_names, labels = [], []
+    for k, c in enumerate(classes):
+        for r in sorted(per_class[c]):
+            out_names.append(r)
+            labels.append(k)
+    return prefix, out_names, labels, classes, skipped
+
+
+def _guess_channels(files: _Files, names: list[str]) -> int:
+    step = max(1, len(names) // 32)
+    for n in names[::step][:32]:
+        try:
+            with Image.open(files.open(n)) as im:
+                if im.mode not in _GRAY_MODES:
+                    return 3
+        except Exception:
+            continue
+    return 1
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR and MNIST readers
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    magic, = struct.unpack(">I", data[:4])
+    ndim = magic & 0xFF
+    if magic >> 8 != 0x08 or ndim not in (1, 3):
+        raise UserError(f"{path} is not an MNIST IDX file of unsigned bytes")
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_idx(root: Path, split: str, what: str) -> Path | None:
+    stem = {"train": "train", "test": "t10k"}[split]
+    pattern = f"{stem}*{what}*idx{3 if what == 'images' else 1}*ubyte*"
+    found = sorted(p for p in root.glob(pattern) if p.name.endswith(("ubyte", "ubyte.gz")))
+    return found[0] if found else None
+
+
+def _mnist(root: Path, split: str):
+    img, lab = _find_idx(root, split, "images"), _find_idx(root, split, "labels")
+    other = "test" if split == "train" else "train"
+    if (img is None or lab is None) and _find_idx(root, other, "images") and _find_idx(root, other, "labels"):
+        info(f"no MNIST {split} split in {root}; using its {other} split")
+        img, lab = _find_idx(root, other, "images"), _find_idx(root, other, "labels")
+    if img is None or lab is None:
+        raise UserError(f"no MNIST {split} files in {root}; expected {'t10k' if split == 'test' else 'train'}-images-idx3-ubyte[.gz] and its labels")
+    x, y = _read_idx(img), _read_idx(lab)
+    if len(x) != len(y):
+        raise UserError(f"{img} has {len(x)} images but {lab} has {len(y)} labels")
+    return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)), [str(i) for i in range(10)]
+
+
+def _cifar_members(root: Path):
+    """Yield (basename, bytes reader) for the files of a CIFAR folder or .tar.gz."""
+    if root.is_file():
+        tf = tarfile.open(root)
+        return {Path(m.name).name: (lambda m=m: tf.extractfile(m).read()) for m in tf.getmembers() if m.isfile()}
+    return {p.name: (lambda p=p: p.read_bytes()) for p in root.iterdir() if p.is_file()}
+
+
+def _cifar(root: Path, split: str):
+    files = _cifar_members(root)
+    if "data_batch_1" in files:  # CIFAR-10
+        names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        key, meta, meta_key = b"labels", "batches.meta", b"label_names"
+    else:  # CIFAR-100
+        names, key, meta, meta_key = [split], b"fine_labels", "meta", b"fine_label_names"
+    xs, ys = [], []
+    for n in names:
+        d = pickle.loads(files[n](), encoding="bytes")
+        xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(d[key], dtype=np.int64))
+    classes = [c.decode() for c in pickle.loads(files[meta](), encoding="bytes")[meta_key]] if meta in files else None
+    y = np.concatenate(ys)
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(y), classes or [str(i) for i in range(int(y.max()) + 1)]
+
+
+def _array_kind(root: Path) -> str | None:
+    if root.is_dir():
+        names = {p.name for p in root.iterdir()}
+        if {"data_batch_1", "test_batch"} & names or {"train", "meta"} <= names:
+            return "cifar"
+        if any("idx3-ubyte" in n for n in names):
+            return "mnist"
+    elif root.name.endswith((".tar.gz", ".tgz")) and "cifar" in root.name.lower():
+        return "cifar"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _available_memory() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def default_workers() -> int:
+    return max(0, min(8, (os.cpu_count() or 1)))
+
+
+def open_dataset(
+    path: str | os.PathLike | None,
+    resolution: int,
+    channels: int | None = None,
+    split: str = "train",
+    cache: str = "auto",
+    workers: int = -1,
+    verbose: bool = True,
+) -> ImageData:
+    """Open ``path`` (None: the bundled MNIST demo) at ``resolution``.
+
+    ``channels`` None picks 1 for grayscale data and 3 otherwise; mixed data is converted.
+    Prints what was found; unreadable images are skipped with one counted warning.
+    """
+    root = demo_data_path() if path is None else Path(path).expanduser()
+    if not root.exists():
+        raise UserError(f"data path {root} does not exist; pass --data with a folder, a zip, a CIFAR or an MNIST folder")
+    workers = default_workers() if workers < 0 else workers
+    kind = _array_kind(root)
+    if kind is not None:
+        x, y, classes = (_mnist if kind == "mnist" else _cifar)(root, split)
+        ch = channels or x.shape[1]
+        if ch != x.shape[1]:
+            x = x.float().mean(1, keepdim=True).round().to(torch.uint8) if ch == 1 else x.expand(-1, 3, -1, -1)
+        data = ImageData(resolution, ch, y, classes, str(root), images=_resize_array(x, resolution).contiguous())
+        _report(data, kind.upper(), x.shape[-1])
+        return data
+
+    if not (root.is_dir() or zipfile.is_zipfile(root)):
+        raise UserError(f"{root} is neither a folder nor a zip archive of images")
+    files = _Files(root)
+    prefix, names, labels, classes, non_images = _layout(files.names, str(root))
+    names = [prefix + n for n in names]
+    if non_images:
+        warn(f"ignored {non_images} non-image file{'s' if non_images > 1 else ''} in {root}")
+    ch = channels or _guess_channels(files, names)
+    data = ImageData(resolution, ch, torch.tensor(labels, dtype=torch.long), classes, str(root), _files=files, _names=names)
+    need = len(names) * ch * resolution * resolution
+    use_cache = cache == "memory" or (cache == "auto" and need < _available_memory() // 2)
+    if use_cache:
+        _fill_cache(data, workers, verbose)
+    elif verbose:
+        info(f"decoding on the fly with {workers} workers (a cache would need {need / 2**30:.1f} GiB)")
+    _report(data, "zip" if files.is_zip else "folder", None)
+    return data
+
+
+class _DecodeAll(torch.utils.data.Dataset):
+    def __init__(self, data: ImageData):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        img = self.data.decode(i)
+        ok = img is not None
+        return (img if ok else torch.zeros(self.data.channels, self.data.resolution, self.data.resolution, dtype=torch.uint8)), ok
+
+
+def _fill_cache(data: ImageData, workers: int, verbose: bool) -> None:
+    n, r = len(data), data.resolution
+    images = torch.empty(n, data.channels, r, r, dtype=torch.uint8)
+    ok = torch.empty(n, dtype=torch.bool)
+    loader = torch.utils.data.DataLoader(_DecodeAll(data), batch_size=256, num_workers=workers)
+    i = 0
+    for x, good in tqdm(loader, desc="decoding images", unit="batch", disable=not verbose, leave=False):
+        images[i : i + len(x)], ok[i : i + len(x)] = x, good
+        i += len(x)
+    bad = (~ok).nonzero().flatten().tolist()
+    if bad:
+        examples = ", ".join(data._names[j] for j in bad[:3])
+        warn(f"skipped {len(bad)} unreadable image{'s' if len(bad) > 1 else ''} ({examples}{', ...' if len(bad) > 3 else ''})")
+        if len(bad) == n:
+            raise UserError(f"none of the {n} images in {data.source} could be decoded")
+    data.images, data.labels = images[ok].contiguous() if bad else images, data.labels[ok]
+    data._names = [nm for nm, g in zip(data._names, ok.tolist()) if g]
+
+
+def _report(data: ImageData, kind: str, native: int | None) -> None:
+    if data.num_classes:
+        shown = ", ".join(f"{i}={c}" for i, c in enumerate(data.class_names[:12]))
+        more = f", ... ({data.num_classes} in all)" if data.num_classes > 12 else ""
+        cls = f"{data.num_classes} classes: {shown}{more}"
+    else:
+        cls = "no classes (unconditional)"
+    info(
+        f"data: {len(data):,} images from {data.source} ({kind}), {cls}; "
+        f"{'grayscale' if data.channels == 1 else 'RGB'} at {data.resolution}x{data.resolution}"
+        + (", cached in memory" if data.images is not None else "")
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming batches
+
+
+class BatchStream:
+    """Endless, resumable stream of training batches.
+
+    Each epoch is a permutation drawn from ``seed`` and the epoch number, so the order is a pure
+    function of (seed, epoch) and the stream resumes exactly from ``state_dict()``. Under
+    distributed training, rank ``r`` of ``world`` takes every world-th index of the permutation.
+    Batches come out as float images in [-1, 1] on ``device``, with random flips when ``flip``.
+    """
+
+    def __init__(
+        self,
+        data: ImageData,
+        batch_size: int,
+        seed: int = 0,
+        flip: bool = False,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world: int = 1,
+        workers: int = 0,
+    ):
+        per_rank = len(data) // world
+        if per_rank < batch_size:
+            raise UserError(
+                f"the dataset has {len(data)} images, fewer than one batch of {batch_size} per process; lower --train.batch_size"
+            )
+        self.data, self.batch_size, self.seed, self.flip = data, batch_size, seed, flip
+        self.device, self.rank, self.world, self.workers = torch.device(device), rank, world, workers
+        self.batches_per_epoch = per_rank // batch_size
+        self.epoch, self.position = 0, 0
+        self._iter: Iterator | None = None
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.data), generator=g)[self.rank :: self.world]
+
+    def _batch_indices(self, epoch: int, start: int) -> Iterator[torch.Tensor]:
+        order = self._order(epoch)
+        for b in range(start, self.batches_per_epoch):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+
+    def _new_iter(self) -> Iterator:
+        indices = self._batch_indices(self.epoch, self.position)
+        if self.data.images is not None:
+            return ((self.data.images[i], self.data.labels[i]) for i in indices)
+        loader = torch.utils.data.DataLoader(
+            self.data,
+            batch_sampler=[i.tolist() for i in indices],
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        return iter(loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.position >= self.batches_per_epoch:
+            self.epoch, self.position, self._iter = self.epoch + 1, 0, None
+        if self._iter is None:
+            self._iter = self._new_iter()
+        x, y = next(self._iter)
+        if self.flip:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 100_003 + self.position)
+            mask = torch.rand(len(x), generator=g) < 0.5
+            x = torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+        self.position += 1
+        x = x.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        return x, y.to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self._iter = int(state["epoch"]), int(state["position"]), None

@@ -1,0 +1,341 @@
+"""SAGAN generator and projection discriminator, built from architecture tables.
+
+The tables follow BigGAN-PyTorch's: for each image resolution they give each block's input and
+output channel multipliers (times the width ``ch``) and the feature-map resolution after the
+block. Self-attention goes after every block whose output resolution is in ``attn``.
+This module knows nothing about training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import ConditionalBatchNorm2d, LayerFactory, SelfAttention2d, upsample2x
+
+__all__ = ["Generator", "Discriminator", "G_ARCH", "D_ARCH", "SUPPORTED_RESOLUTIONS"]
+
+
+@dataclass(frozen=True)
+class Arch:
+    in_mult: tuple[int, ...]
+    out_mult: tuple[int, ...]
+    resolution: tuple[int, ...]  # feature-map size after each block
+    resample: tuple[bool, ...]  # upsample (G) or downsample (D) in each block
+
+
+G_ARCH: dict[int, Arch] = {
+    32: Arch((4, 4, 4), (4, 4, 4), (8, 16, 32), (True,) * 3),
+    64: Arch((16, 16, 8, 4), (16, 8, 4, 2), (8, 16, 32, 64), (True,) * 4),
+    128: Arch((16, 16, 8, 4, 2), (16, 8, 4, 2, 1), (8, 16, 32, 64, 128), (True,) * 5),
+    256: Arch((16, 16, 8, 8, 4, 2), (16, 8, 8, 4, 2, 1), (8, 16, 32, 64, 128, 256), (True,) * 6),
+}
+D_ARCH: dict[int, Arch] = {
+    32: Arch((0, 4, 4, 4), (4, 4, 4, 4), (16, 8, 8, 8), (True, True, False, False)),
+    64: Arch((0, 1, 2, 4, 8), (1, 2, 4, 8, 16), (32, 16, 8, 4, 4), (True,) * 4 + (False,)),
+    128: Arch((0, 1, 2, 4, 8, 16), (1, 2, 4, 8, 16, 16), (64, 32, 16, 8, 4, 4), (True,) * 5 + (False,)),
+    256: Arch(
+        (0, 1, 2, 4, 8, 8, 16), (1, 2, 4, 8, 8, 16, 16), (128, 64, 32, 16, 8, 4, 4), (True,) * 6 + (False,)
+    ),
+}
+SUPPORTED_RESOLUTIONS = tuple(sorted(G_ARCH))
+BOTTOM_WIDTH = 4
+
+
+def _check(resolution: int, attn: tuple[int, ...] | list[int], table: dict[int, Arch], who: str) -> Arch:
+    if resolution not in table:
+        raise ValueError(
+            f"unsupported resolution {resolution}; choose one of {', '.join(map(str, SUPPORTED_RESOLUTIONS))}"
+        )
+    arch = table[resolution]
+    bad = [a for a in attn if a not in arch.resolution]
+    if bad:
+        raise ValueError(
+            f"{who} has no {bad[0]}x{bad[0]} feature map at resolution {resolution}; "
+            f"attention can sit at {sorted(set(arch.resolution))}"
+        )
+    return arch
+
+
+class GBlock(nn.Module):
+    """BN, ReLU, upsample, conv3x3, BN, ReLU, conv3x3; shortcut: upsample, conv1x1."""
+
+    def __init__(self, in_ch: int, out_ch: int, layers: LayerFactory, bn, upsample: bool = True):
+        super().__init__()
+        self.upsample = upsample
+        self.bn1, self.bn2 = bn(in_ch), bn(out_ch)
+        self.conv1 = layers.conv3(in_ch, out_ch)
+        self.conv2 = layers.conv3(out_ch, out_ch)
+        self.learnable_sc = in_ch != out_ch or upsample
+        if self.learnable_sc:
+            self.conv_sc = layers.conv1(in_ch, out_ch)
+
+    def forward(self, x: torch.Tensor, y) -> torch.Tensor:
+        h = F.relu(self.bn1(x, y))
+        if self.upsample:
+            h, x = upsample2x(h), upsample2x(x)
+        h = self.conv2(F.relu(self.bn2(self.conv1(h), y)))
+        if self.learnable_sc:
+            x = self.conv_sc(x)
+        return h + x
+
+
+class DBlock(nn.Module):
+    """[ReLU], conv3x3, ReLU, conv3x3, [avgpool]; shortcut: conv1x1 and avgpool.
+
+    The pre-activation ReLU is *not* in place: in place it would overwrite the shortcut's input.
+    The first block of D has no pre-activation.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, layers: LayerFactory, preactivation: bool, downsample: bool):
+        super().__init__()
+        self.preactivation, self.downsample = preactivation, downsample
+        self.conv1 = layers.conv3(in_ch, out_ch)
+        self.conv2 = layers.conv3(out_ch, out_ch)
+        self.learnable_sc = in_ch != out_ch or downsample
+        if self.learnable_sc:
+            self.conv_sc = layers.conv1(in_ch, out_ch)
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.preactivation:
+            if self.learnable_sc:
+                x = self.conv_sc(x)
+            return F.avg_pool2d(x, 2) if self.downsample else x
+        if self.downsample:
+            x = F.avg_pool2d(x, 2)
+        return self.conv_sc(x) if self.learnable_sc else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(x) if self.preactivation else x
+        h = self.conv2(F.relu(self.conv1(h)))
+        if self.downsample:
+            h = F.avg_pool2d(h, 2)
+        return h + self.shortcut(x)
+
+
+class Generator(nn.Module):
+    """ResNet SAGAN generator.
+
+    Args:
+        resolution: output size, one of 32, 64, 128, 256.
+        ch: width; block channels are ``ch`` times the table's multipliers.
+        z_dim: latent size.
+        num_classes: 0 for an unconditional model (plain BN), else class-conditional BN.
+        img_channels: 1 (grayscale) or 3 (RGB).
+        attn: feature-map resolutions after which a self-attention block is placed.
+        attn_pool: 2x2 max-pool keys and values in attention (the official semantics).
+        sn: spectral-normalise every conv and linear layer.
+        sn_eps: epsilon of spectral norm.
+        shared_dim: > 0 selects BigGAN's shared class embedding of this size (gain = 1 + f(y)).
+        embed_sn: spectral-normalise the class embeddings as well (BigGAN leaves them without SN).
+        bn_eps, bn_momentum: batch-norm settings.
+        init: weight init: ``ortho`` (BigGAN), ``xavier``, ``normal`` or ``default``.
+
+    ``G(z, y)`` returns images in [-1, 1]; ``y`` holds class indices (ignored when unconditional).
+    """
+
+    def __init__(
+        self,
+        resolution: int = 128,
+        ch: int = 64,
+        z_dim: int = 128,
+        num_classes: int = 0,
+        img_channels: int = 3,
+        attn: tuple[int, ...] | list[int] = (64,),
+        attn_pool: bool = True,
+        sn: bool = True,
+        sn_eps: float = 1e-6,
+        shared_dim: int = 0,
+        embed_sn: bool = False,
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+        init: str = "ortho",
+    ):
+        super().__init__()
+        arch = _check(resolution, attn, G_ARCH, "the generator")
+        if img_channels not in (1, 3):
+            raise ValueError(f"img_channels must be 1 or 3, got {img_channels}")
+        self.resolution, self.z_dim, self.num_classes, self.img_channels = resolution, z_dim, num_classes, img_channels
+        layers = LayerFactory(sn=sn, eps=sn_eps, init=init)
+        bn_layers = LayerFactory(sn=sn and embed_sn, eps=sn_eps, init=init)
+        shared_dim = shared_dim if num_classes > 0 else 0
+        self.shared = bn_layers.embedding(num_classes, shared_dim) if shared_dim else None
+
+        def bn(c: int) -> ConditionalBatchNorm2d:
+            return ConditionalBatchNorm2d(c, num_classes, shared_dim, bn_layers, bn_eps, bn_momentum)
+
+        c_in = arch.in_mult[0] * ch
+        self.bottom_channels = c_in
+        self.linear = layers.linear(z_dim, c_in * BOTTOM_WIDTH**2)
+        self.blocks = nn.ModuleList()
+        for i_m, o_m, res, up in zip(arch.in_mult, arch.out_mult, arch.resolution, arch.resample):
+            stage = nn.ModuleList([GBlock(i_m * ch, o_m * ch, layers, bn, up)])
+            if res in attn:
+                stage.append(SelfAttention2d(o_m * ch, layers, pool=attn_pool))
+            self.blocks.append(stage)
+        c_out = arch.out_mult[-1] * ch
+        self.out_bn = nn.BatchNorm2d(c_out, eps=bn_eps, momentum=bn_momentum)
+        self.out_conv = layers.conv3(c_out, img_channels)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.num_classes > 0:
+            if y is None:
+                raise ValueError(f"this generator is class-conditional ({self.num_classes} classes): pass y")
+            cond = self.shared(y) if self.shared is not None else y
+        else:
+            cond = None
+        h = self.linear(z).view(z.shape[0], self.bottom_channels, BOTTOM_WIDTH, BOTTOM_WIDTH)
+        for stage in self.blocks:
+            h = stage[0](h, cond)
+            for attn in stage[1:]:
+                h = attn(h)
+        return torch.tanh(self.out_conv(F.relu(self.out_bn(h))))
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        y: torch.Tensor | int | None = None,
+        seed: int | None = None,
+        truncation: float | None = None,
+        batch_size: int = 256,
+    ) -> torch.Tensor:
+        """Draw ``n`` images in [-1, 1] (on the model's device).
+
+        ``y`` is a class index, a tensor of ``n`` indices, or None (random classes for a
+        conditional model). ``seed`` makes z and random classes reproducible.
+        """
+        device = next(self.parameters()).device
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        z = torch.randn(n, self.z_dim, generator=gen)
+        if truncation is not None:
+            z = truncate(z, truncation, gen)
+        labels = None
+        if self.num_classes > 0:
+            if y is None:
+                labels = torch.randint(0, self.num_classes, (n,), generator=gen)
+            elif isinstance(y, int):
+                labels = torch.full((n,), y, dtype=torch.long)
+            else:
+                labels = torch.as_tensor(y, dtype=torch.long).reshape(-1)
+                if labels.numel() != n:
+                    raise ValueError(f"y has {labels.numel()} labels for {n} samples")
+            if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
+                raise ValueError(f"class labels must lie in 0..{self.num_classes - 1}")
+        out = []
+        for i in range(0, n, batch_size):
+            zb = z[i : i + batch_size].to(device)
+            yb = labels[i : i + batch_size].to(device) if labels is not None else None
+            out.append(self(zb, yb))
+        return torch.cat(out)
+
+
+def truncate(z: torch.Tensor, threshold: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Truncation trick: resample every entry of ``z`` whose magnitude exceeds ``threshold``."""
+    if threshold <= 0:
+        raise ValueError("truncation must be positive")
+    z = z.clone()
+    mask = z.abs() > threshold
+    while mask.any():
+        z[mask] = torch.randn(int(mask.sum()), generator=generator)
+        mask = z.abs() > threshold
+    return z
+
+
+class Discriminator(nn.Module):
+    """ResNet SAGAN projection discriminator.
+
+    ``D(x, y) = psi(h) + <embed(y), h>`` where ``h`` is the ReLU'd, sum-pooled feature vector.
+    Without classes (``num_classes=0``) the projection term is dropped. Returns one logit per image.
+    Arguments mirror :class:`Generator`.
+    """
+
+    def __init__(
+        self,
+        resolution: int = 128,
+        ch: int = 64,
+        num_classes: int = 0,
+        img_channels: int = 3,
+        attn: tuple[int, ...] | list[int] = (64,),
+        attn_pool: bool = True,
+        sn: bool = True,
+        sn_eps: float = 1e-6,
+        init: str = "ortho",
+    ):
+        super().__init__()
+        arch = _check(resolution, attn, D_ARCH, "the discriminator")
+        if img_channels not in (1, 3):
+            raise ValueError(f"img_channels must be 1 or 3, got {img_channels}")
+        self.resolution, self.num_classes, self.img_channels = resolution, num_classes, img_channels
+        layers = LayerFactory(sn=sn, eps=sn_eps, init=init)
+        self.blocks = nn.ModuleList()
+        placed = set()
+        for i, (i_m, o_m, res, down) in enumerate(zip(arch.in_mult, arch.out_mult, arch.resolution, arch.resample)):
+            c_in = img_channels if i == 0 else i_m * ch
+            stage = nn.ModuleList([DBlock(c_in, o_m * ch, layers, preactivation=i > 0, downsample=down)])
+            if res in attn and res not in placed:  # once per resolution (the 32-px table repeats 8)
+                stage.append(SelfAttention2d(o_m * ch, layers, pool=attn_pool))
+                placed.add(res)
+            self.blocks.append(stage)
+        c_out = arch.out_mult[-1] * ch
+        self.linear = layers.linear(c_out, 1)
+        self.embed = layers.embedding(num_classes, c_out) if num_classes > 0 else None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum-pooled, ReLU'd feature vector ``h``."""
+        h = x
+        for stage in self.blocks:
+            for m in stage:
+                h = m(h)
+        return torch.sum(F.relu(h), dim=(2, 3))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x)
+        out = self.linear(h).squeeze(1)
+        if self.embed is not None:
+            if y is None:
+                raise ValueError(f"this discriminator is class-conditional ({self.num_classes} classes): pass y")
+            out = out + torch.sum(self.embed(y) * h, dim=1)
+        return out
+
+
+def build_generator(cfg, sn: bool = True) -> Generator:
+    """A :class:`Generator` from a model config (any object with ``ModelConfig``'s fields).
+    ``sn=False`` builds the plain-weight twin that exported files load into."""
+    return Generator(
+        resolution=cfg.resolution,
+        ch=cfg.g_ch,
+        z_dim=cfg.z_dim,
+        num_classes=cfg.num_classes or 0,
+        img_channels=cfg.img_channels or 3,
+        attn=tuple(cfg.g_attn),
+        attn_pool=cfg.attn_pool,
+        sn=sn,
+        sn_eps=cfg.sn_eps,
+        shared_dim=cfg.shared_dim,
+        embed_sn=cfg.g_embed_sn,
+        bn_eps=cfg.bn_eps,
+        init=cfg.init,
+    )
+
+
+def build_discriminator(cfg) -> Discriminator:
+    """A :class:`Discriminator` from a model config."""
+    return Discriminator(
+        resolution=cfg.resolution,
+        ch=cfg.d_ch,
+        num_classes=cfg.num_classes or 0,
+        img_channels=cfg.img_channels or 3,
+        attn=tuple(cfg.d_attn),
+        attn_pool=cfg.attn_pool,
+        sn_eps=cfg.sn_eps,
+        init=cfg.init,
+    )
+
+
+def attention_gammas(model: nn.Module) -> dict[str, float]:
+    """The gamma of every self-attention block, keyed by its module name."""
+    return {name: float(m.gamma.detach()) for name, m in model.named_modules() if isinstance(m, SelfAttention2d)}

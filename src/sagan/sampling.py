@@ -1,0 +1,134 @@
+"""Loading trained generators, drawing samples and grids, and exporting to safetensors."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torchvision.utils import save_image
+
+from .checkpoints import CheckpointManager, load_checkpoint
+from .config import ModelConfig, RunConfig, config_from_dict, load_config
+from .console import UserError
+from .models import Generator, build_generator
+
+__all__ = ["load_generator", "export_generator", "grid_inputs", "save_grid", "to_uint8", "bake_spectral_norm"]
+
+CONFIG_FILE = "config.yaml"
+CKPT_DIR = "checkpoints"
+
+
+def grid_inputs(
+    num_classes: int, z_dim: int, columns: int = 10, max_rows: int = 10, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fixed latents for a sample grid: one row per class (at most ``max_rows`` classes, spread
+    evenly), the same ``columns`` latents in every row. Unconditional: ``max_rows`` rows."""
+    g = torch.Generator().manual_seed(seed)
+    if num_classes > 0:
+        rows = min(num_classes, max_rows)
+        classes = torch.linspace(0, num_classes - 1, rows).round().long()
+        z = torch.randn(columns, z_dim, generator=g).repeat(rows, 1)
+        return z, classes.repeat_interleave(columns)
+    return torch.randn(columns * max_rows, z_dim, generator=g), None
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] to uint8 in [0, 255]."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, columns: int) -> None:
+    """Save images in [-1, 1] as one PNG grid with ``columns`` images per row."""
+    save_image(images.float().clamp(-1, 1) * 0.5 + 0.5, str(path), nrow=columns, padding=2, pad_value=1.0)
+
+
+def bake_spectral_norm(module: nn.Module) -> nn.Module:
+    """Replace every spectral-norm parametrization by its current value ``W / sigma``, in place.
+
+    The module is put in eval mode first so that no power iteration runs while baking."""
+    module.eval()
+    for m in list(module.modules()):
+        if parametrize.is_parametrized(m):
+            for name in list(m.parametrizations.keys()):
+                parametrize.remove_parametrizations(m, name, leave_parametrized=True)
+    return module
+
+
+def _model_config(cfg_dict: dict) -> ModelConfig:
+    return config_from_dict(cfg_dict).model
+
+
+def _resolve_checkpoint(path: Path) -> tuple[Path, dict]:
+    if path.is_dir():
+        mgr = CheckpointManager(path / CKPT_DIR)
+        found = mgr.latest()
+        if found is None:
+            raise UserError(f"{path} holds no checkpoint yet; train first (sagan train --out {path})")
+        return found
+    return path, load_checkpoint(path)
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> Generator:
+    """Load a generator ready to sample, in eval mode.
+
+    ``path`` is a run directory (its latest checkpoint), a checkpoint file (``.pt``) or an
+    exported ``.safetensors`` file. From checkpoints the EMA generator is returned unless
+    ``ema=False``. The result exposes ``z_dim`` and ``num_classes``; ``G(z, y)`` gives images in
+    [-1, 1] and ``G.sample(n, y=None, seed=None)`` is the convenience form.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass a run directory, a checkpoint or an exported .safetensors file")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if "config" not in meta:
+            raise UserError(f"{path} was not exported by sagan (no config in its metadata)")
+        G = build_generator(_model_config(json.loads(meta["config"])), sn=False)
+        G.load_state_dict(load_file(str(path)))
+    else:
+        _, state = _resolve_checkpoint(path)
+        G = build_generator(_model_config(state["config"]))
+        G.load_state_dict(state["G_ema" if ema else "G"])
+    return G.to(device).eval()
+
+
+def export_generator(src: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the EMA generator of a run or checkpoint to ``out`` as safetensors, with spectral
+    norm baked into plain weights and the run config in the metadata."""
+    from safetensors.torch import save_file
+
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    _, state = _resolve_checkpoint(src)
+    G = build_generator(_model_config(state["config"]))
+    G.load_state_dict(state["G_ema"])
+    bake_spectral_norm(G)
+    tensors = {k: v.contiguous() for k, v in G.state_dict().items()}
+    meta = {"config": json.dumps(state["config"]), "step": str(int(state["step"])), "format": "torch-sagan/1"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(out)
+    return out
+
+
+def run_config(path: str | Path) -> RunConfig:
+    """The saved config of a run directory."""
+    p = Path(path) / CONFIG_FILE
+    if not p.exists():
+        raise UserError(f"{path} is not a sagan run directory (no {CONFIG_FILE})")
+    return load_config(p)
+
+
+def clone_for_sampling(G: nn.Module) -> nn.Module:
+    """A detached eval-mode copy of ``G``."""
+    return copy.deepcopy(G).eval()

@@ -1,0 +1,331 @@
+"""The SAGAN training loop: TTUR Adam, n_dis D steps per G step, EMA of G, logging, sample
+grids, checkpoints and resume. Knows nothing about the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from .checkpoints import CheckpointManager
+from .config import RunConfig, config_diff, config_from_dict, config_to_dict, load_config, save_config
+from .console import UserError, info
+from .data import BatchStream, ImageData, default_workers, open_dataset
+from .losses import get_loss
+from .models import attention_gammas, build_discriminator, build_generator
+from .sampling import CKPT_DIR, CONFIG_FILE, grid_inputs, save_grid
+
+__all__ = ["Trainer", "resolve_device", "TrainingDiverged"]
+
+RUN_ENTRIES = (CONFIG_FILE, CKPT_DIR, "samples", "tb", "metrics.jsonl")
+
+
+class TrainingDiverged(UserError):
+    """A loss or a weight became NaN or Inf."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    return dev
+
+
+class Trainer:
+    """Train a SAGAN described by ``config`` into ``run_dir``.
+
+    If ``run_dir`` already holds a run, training resumes from its latest checkpoint, provided the
+    config matches (``steps`` and logging intervals may change); ``overwrite=True`` starts over,
+    deleting the run's files. ``data`` may pass an already opened :class:`ImageData`.
+
+    >>> Trainer(load_preset("demo"), "runs/demo").fit()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path,
+        device: str | torch.device = "auto",
+        overwrite: bool = False,
+        data: ImageData | None = None,
+        progress: bool = True,
+    ):
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.progress = progress
+        cfg = copy_config(config)
+        if cfg.data is not None:
+            cfg.data = str(Path(cfg.data).expanduser().resolve())
+        self._prepare_run_dir(cfg, overwrite)
+        m = cfg.model
+        self.data = data or open_dataset(
+            cfg.data, m.resolution, m.img_channels, cfg.dataset.split, cfg.dataset.cache, cfg.dataset.workers
+        )
+        if m.num_classes is None:
+            m.num_classes = self.data.num_classes
+        elif m.num_classes > 0 and m.num_classes != self.data.num_classes:
+            raise UserError(
+                f"model.num_classes is {m.num_classes} but the data has {self.data.num_classes} classes; "
+                "leave model.num_classes unset to take it from the data, or 0 for an unconditional model"
+            )
+        if m.img_channels is None:
+            m.img_channels = self.data.channels
+        self.cfg = cfg
+        self._check_against_saved()
+        save_config(cfg, self.run_dir / CONFIG_FILE)
+
+        t = cfg.train
+        torch.manual_seed(t.seed)
+        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+        self.G = build_generator(m).to(self.device, memory_format=self.memory_format)
+        self.D = build_discriminator(m).to(self.device, memory_format=self.memory_format)
+        self.ema = AveragedModel(self.G, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=False)
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=t.betas_g, eps=t.adam_eps, **fused)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=t.betas_d, eps=t.adam_eps, **fused)
+        self.d_loss_fn, self.g_loss_fn = get_loss(t.loss)
+        workers = cfg.dataset.workers if cfg.dataset.workers >= 0 else default_workers()
+        self.stream = BatchStream(self.data, t.batch_size, t.seed, cfg.dataset.flip, self.device, workers=workers)
+        self.ckpts = CheckpointManager(self.run_dir / CKPT_DIR, t.keep_ckpts)
+        self.step = 0
+        self._resume()
+
+    # ------------------------------------------------------------------ run directory
+    def _prepare_run_dir(self, cfg: RunConfig, overwrite: bool) -> None:
+        d = self.run_dir
+        if d.exists() and not d.is_dir():
+            raise UserError(f"{d} is a file; choose a directory for --out")
+        existing = [p.name for p in d.iterdir()] if d.is_dir() else []
+        if overwrite and (d / CONFIG_FILE).exists():
+            for name in RUN_ENTRIES:
+                p = d / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+            info(f"--overwrite: deleted the previous run in {d}")
+        elif existing and not (d / CONFIG_FILE).exists():
+            raise UserError(
+                f"{d} exists and is not a sagan run directory; choose a new or empty --out"
+            )
+        d.mkdir(parents=True, exist_ok=True)
+
+    def _check_against_saved(self) -> None:
+        path = self.run_dir / CONFIG_FILE
+        if not path.exists():
+            return
+        saved = load_config(path)
+        diff = config_diff(saved, self.cfg)
+        if diff:
+            shown = "; ".join(diff[:5]) + ("; ..." if len(diff) > 5 else "")
+            raise UserError(
+                f"{self.run_dir} holds a different run ({shown}); "
+                "use another --out, or --overwrite to start over there"
+            )
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": 1,
+            "step": self.step,
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.ema.module.state_dict(),
+            "ema_n_averaged": self.ema.n_averaged.detach().cpu(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng": rng,
+            "data": self.stream.state_dict(),
+            "config": config_to_dict(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.ema.module.load_state_dict(state["G_ema"])
+        self.ema.n_averaged.copy_(state["ema_n_averaged"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.stream.load_state_dict(state["data"])
+        self.step = int(state["step"])
+
+    def _resume(self) -> None:
+        found = self.ckpts.latest(map_location=self.device)
+        if found is None:
+            return
+        path, state = found
+        diff = config_diff(config_from_dict(state["config"]), self.cfg)
+        if diff:
+            raise UserError(f"checkpoint {path} comes from a different config ({'; '.join(diff[:5])})")
+        self.load_state_dict(state)
+        info(f"resuming from {path} (step {self.step:,})")
+
+    def save_checkpoint(self) -> Path:
+        return self.ckpts.save(self.step, self.state_dict())
+
+    # ------------------------------------------------------------------ training
+    def _noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = torch.randn(n, self.cfg.model.z_dim, device=self.device)
+        k = self.cfg.model.num_classes
+        y = torch.randint(0, k, (n,), device=self.device) if k else None
+        return z, y
+
+    def d_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One D update on real ``x, y``; returns (loss, mean D(real), mean D(fake)), unsynchronised."""
+        cond = self.cfg.model.num_classes > 0
+        z, yf = self._noise(x.shape[0])
+        with torch.no_grad():
+            fake = self.G(z, yf)
+        # one D forward on cat(real, fake): valid because D has no batch-dependent layers
+        logits = self.D(torch.cat([x, fake]), torch.cat([y, yf]) if cond else None)
+        real_l, fake_l = logits.split([x.shape[0], fake.shape[0]])
+        loss = self.d_loss_fn(real_l, fake_l)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        return loss.detach(), real_l.detach().mean(), fake_l.detach().mean()
+
+    def g_step(self) -> torch.Tensor:
+        """One G update; returns the loss, unsynchronised."""
+        z, yf = self._noise(self.cfg.train.batch_size)
+        self.D.requires_grad_(False)
+        loss = self.g_loss_fn(self.D(self.G(z, yf), yf))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        self.D.requires_grad_(True)
+        return loss.detach()
+
+    def update_ema(self) -> None:
+        if self.step < self.cfg.train.ema_start:
+            self.ema.n_averaged.zero_()  # the next update copies G
+        self.ema.update_parameters(self.G)
+
+    def fit(self) -> dict[str, float]:
+        """Train until ``config.steps``; returns the last logged metrics."""
+        cfg, t = self.cfg, self.cfg.train
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
+        if self.step == 0:
+            writer.add_text("config", "```\n" + json.dumps(config_to_dict(cfg), indent=2) + "\n```", 0)
+        metrics_file = open(self.run_dir / "metrics.jsonl", "a")
+        (self.run_dir / "samples").mkdir(exist_ok=True)
+        grid_z, grid_y = grid_inputs(cfg.model.num_classes, cfg.model.z_dim, t.grid_columns, t.grid_max_rows, t.seed + 1)
+        self.G.train()
+        self.D.train()
+        if self.step >= cfg.steps:
+            info(f"{self.run_dir} is already trained to step {self.step:,}; raise --steps to train further")
+        info(f"training on {self.device} into {self.run_dir}")
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True, disable=not self.progress)
+        sums = torch.zeros(5, device=self.device)  # d_loss, g_loss, d_real, d_fake, count
+        last: dict[str, float] = {}
+        t0, imgs = time.perf_counter(), 0
+        try:
+            while self.step < cfg.steps:
+                for _ in range(t.n_dis):
+                    x, y = next(self.stream)
+                    x = x.contiguous(memory_format=self.memory_format)
+                    d_loss, d_real, d_fake = self.d_step(x, y)
+                    imgs += x.shape[0]
+                g_loss = self.g_step()
+                self.step += 1
+                self.update_ema()
+                sums += torch.stack([d_loss, g_loss, d_real, d_fake, torch.ones((), device=self.device)])
+                bar.update(1)
+                end = self.step >= cfg.steps
+                if self.step % t.log_every == 0 or end:
+                    elapsed = time.perf_counter() - t0
+                    last = self._log(sums, imgs / max(elapsed, 1e-9), writer, metrics_file)
+                    bar.set_postfix(d=f"{last['d_loss']:.3f}", g=f"{last['g_loss']:.3f}", img_s=f"{last['img_per_s']:.0f}")
+                    sums.zero_()
+                    t0, imgs = time.perf_counter(), 0
+                if self.step % t.sample_every == 0 or end:
+                    self._sample(grid_z, grid_y, writer)
+                if self.step % t.ckpt_every == 0 or end:
+                    self._check_finite()
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            writer.close()
+            metrics_file.close()
+        return last
+
+    def _check_finite(self) -> None:
+        for name, net in (("generator", self.G), ("discriminator", self.D)):
+            for pname, p in net.named_parameters():
+                if not torch.isfinite(p).all():
+                    raise TrainingDiverged(
+                        f"training diverged at step {self.step}: the {name}'s {pname} holds NaN/Inf; "
+                        "the last good checkpoint is kept (try lower learning rates)"
+                    )
+
+    def _log(self, sums: torch.Tensor, img_per_s: float, writer, metrics_file) -> dict[str, float]:
+        s = (sums[:4] / sums[4].clamp(min=1)).tolist()
+        rec = {"step": self.step, "d_loss": s[0], "g_loss": s[1], "d_real": s[2], "d_fake": s[3], "img_per_s": img_per_s}
+        if not all(math.isfinite(v) for v in s):
+            raise TrainingDiverged(
+                f"training diverged at step {self.step}: a loss is NaN/Inf (d_loss {s[0]}, g_loss {s[1]}); "
+                "the last good checkpoint is kept (try lower learning rates)"
+            )
+        rec["lr_g"], rec["lr_d"] = self.opt_g.param_groups[0]["lr"], self.opt_d.param_groups[0]["lr"]
+        for net, model in (("G", self.G), ("D", self.D)):
+            for name, g in attention_gammas(model).items():
+                rec[f"gamma/{net}.{name}"] = g
+        metrics_file.write(json.dumps(rec) + "\n")
+        metrics_file.flush()
+        for k in ("d_loss", "g_loss"):
+            writer.add_scalar(f"loss/{k}", rec[k], self.step)
+        writer.add_scalar("D/real", rec["d_real"], self.step)
+        writer.add_scalar("D/fake", rec["d_fake"], self.step)
+        writer.add_scalar("speed/img_per_s", img_per_s, self.step)
+        writer.add_scalar("lr/G", rec["lr_g"], self.step)
+        writer.add_scalar("lr/D", rec["lr_d"], self.step)
+        for k, v in rec.items():
+            if k.startswith("gamma/"):
+                writer.add_scalar(k, v, self.step)
+        return rec
+
+    @torch.no_grad()
+    def _sample(self, z: torch.Tensor, y: torch.Tensor | None, writer) -> Path:
+        G = self.ema.module
+        was_training = G.training
+        G.eval()
+        imgs = G(z.to(self.device), y.to(self.device) if y is not None else None)
+        G.train(was_training)
+        path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
+        save_grid(imgs, path, self.cfg.train.grid_columns)
+        shutil.copyfile(path, self.run_dir / "samples" / "latest.png")
+        from torchvision.utils import make_grid
+
+        writer.add_image("samples/ema", make_grid(imgs.float().cpu() * 0.5 + 0.5, nrow=self.cfg.train.grid_columns), self.step)
+        return path
+
+
+def copy_config(cfg: RunConfig) -> RunConfig:
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, g_attn=list(cfg.model.g_attn), d_attn=list(cfg.model.d_attn)),
+        dataset=dataclasses.replace(cfg.dataset),
+        train=dataclasses.replace(cfg.train),
+    )
