@@ -60,16 +60,17 @@ class _Files:
         if self.is_zip:
             try:
                 with zipfile.ZipFile(root) as z:
-                    self.names = [n for n in z.namelist() if not n.endswith("/")]
+                    self.names = [n for n in z.namelist() if not _is_junk(n)]
             except zipfile.BadZipFile:
                 raise UserError(f"{root} is not a readable zip archive; check the file or unpack it") from None
         else:
             self.names = []
             for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-                dirnames.sort()
+                dirnames[:] = sorted(d for d in dirnames if not _is_junk(d))
                 rel = Path(dirpath).relative_to(root)
                 for fn in sorted(filenames):
-                    self.names.append((rel / fn).as_posix())
+                    if not _is_junk((rel / fn).as_posix()):
+                        self.names.append((rel / fn).as_posix())
                 for d in dirnames:  # keep empty folders visible so that empty classes are reported
                     if not any(True for _ in os.scandir(Path(dirpath) / d)):
                         self.names.append((rel / d).as_posix() + "/")
@@ -86,6 +87,11 @@ class _Files:
         state = dict(self.__dict__)
         state["_zip"] = None
         return state
+
+
+def _is_junk(name: str) -> bool:
+    """macOS resource forks, hidden files and folders: never part of a dataset."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/") if part)
 
 
 def _is_image(name: str) -> bool:
@@ -128,13 +134,16 @@ class ImageData:
 
     def __getitem__(self, i: int):
         img = self.decode(i)
-        if img is None:  # unreadable: substitute a deterministic neighbour
-            for j in range(1, 64):
-                img = self.decode((i + j) % len(self))
+        if img is None:  # unreadable (only possible without the cache): use the next readable image
+            for step in range(1, 64):
+                j = (i + step) % len(self)
+                img = self.decode(j)
                 if img is not None:
-                    break
-            else:
-                raise UserError(f"dozens of unreadable images in a row in {self.source}; check the data")
+                    if not getattr(self, "_warned", False):
+                        warn(f"unreadable image {self._names[i]} in {self.source}; using a neighbour in its place")
+                        self._warned = True
+                    return img, self.labels[j]
+            raise UserError(f"dozens of unreadable images in a row in {self.source}; check the data")
         return img, self.labels[i]
 
 
@@ -142,6 +151,10 @@ def _decode(buf: io.BytesIO, resolution: int, channels: int) -> torch.Tensor | N
     try:
         with Image.open(buf) as im:
             im.load()
+            if im.mode.startswith("I"):  # 16/32-bit integer grayscale: scale to 8 bits
+                a = np.asarray(im).astype(np.float64)
+                full = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+                im = Image.fromarray(np.round(a * 255.0 / full).clip(0, 255).astype(np.uint8))
             im = im.convert("L" if channels == 1 else "RGB")
     except Exception:
         return None
@@ -300,11 +313,14 @@ def _cifar_members(root: Path):
 
 def _cifar(root: Path, split: str):
     files = _cifar_members(root)
-    if "data_batch_1" in files:  # CIFAR-10
+    if "batches.meta" in files or "test_batch" in files or any(n.startswith("data_batch_") for n in files):  # CIFAR-10
         names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
         key, meta, meta_key = b"labels", "batches.meta", b"label_names"
     else:  # CIFAR-100
         names, key, meta, meta_key = [split], b"fine_labels", "meta", b"fine_label_names"
+    missing = [n for n in names if n not in files]
+    if missing:
+        raise UserError(f"{root} lacks the CIFAR file(s) {', '.join(missing)} for the {split} split; re-extract the archive")
     xs, ys = [], []
     for n in names:
         d = pickle.loads(files[n](), encoding="bytes")

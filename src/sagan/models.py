@@ -45,19 +45,25 @@ SUPPORTED_RESOLUTIONS = tuple(sorted(G_ARCH))
 BOTTOM_WIDTH = 4
 
 
-def _check(resolution: int, attn: tuple[int, ...] | list[int], table: dict[int, Arch], who: str) -> Arch:
+def default_attention(resolution: int) -> tuple[int, ...]:
+    """Half the image resolution, at most 64 (the paper's best placement at 128 px)."""
+    return (min(64, resolution // 2),)
+
+
+def _check(resolution: int, attn, table: dict[int, Arch], who: str) -> tuple[Arch, tuple[int, ...]]:
     if resolution not in table:
         raise ValueError(
             f"unsupported resolution {resolution}; choose one of {', '.join(map(str, SUPPORTED_RESOLUTIONS))}"
         )
     arch = table[resolution]
+    attn = default_attention(resolution) if attn is None else tuple(attn)
     bad = [a for a in attn if a not in arch.resolution]
     if bad:
         raise ValueError(
             f"{who} has no {bad[0]}x{bad[0]} feature map at resolution {resolution}; "
             f"attention can sit at {sorted(set(arch.resolution))}"
         )
-    return arch
+    return arch, attn
 
 
 class GBlock(nn.Module):
@@ -125,7 +131,8 @@ class Generator(nn.Module):
         z_dim: latent size.
         num_classes: 0 for an unconditional model (plain BN), else class-conditional BN.
         img_channels: 1 (grayscale) or 3 (RGB).
-        attn: feature-map resolutions after which a self-attention block is placed.
+        attn: feature-map resolutions after which a self-attention block is placed
+            (None: half the image resolution, at most 64).
         attn_pool: 2x2 max-pool keys and values in attention (the official semantics).
         sn: spectral-normalise every conv and linear layer.
         sn_eps: epsilon of spectral norm.
@@ -144,7 +151,7 @@ class Generator(nn.Module):
         z_dim: int = 128,
         num_classes: int = 0,
         img_channels: int = 3,
-        attn: tuple[int, ...] | list[int] = (64,),
+        attn: tuple[int, ...] | list[int] | None = None,
         attn_pool: bool = True,
         sn: bool = True,
         sn_eps: float = 1e-6,
@@ -155,7 +162,7 @@ class Generator(nn.Module):
         init: str = "ortho",
     ):
         super().__init__()
-        arch = _check(resolution, attn, G_ARCH, "the generator")
+        arch, attn = _check(resolution, attn, G_ARCH, "the generator")
         if img_channels not in (1, 3):
             raise ValueError(f"img_channels must be 1 or 3, got {img_channels}")
         self.resolution, self.z_dim, self.num_classes, self.img_channels = resolution, z_dim, num_classes, img_channels
@@ -259,14 +266,14 @@ class Discriminator(nn.Module):
         ch: int = 64,
         num_classes: int = 0,
         img_channels: int = 3,
-        attn: tuple[int, ...] | list[int] = (64,),
+        attn: tuple[int, ...] | list[int] | None = None,
         attn_pool: bool = True,
         sn: bool = True,
         sn_eps: float = 1e-6,
         init: str = "ortho",
     ):
         super().__init__()
-        arch = _check(resolution, attn, D_ARCH, "the discriminator")
+        arch, attn = _check(resolution, attn, D_ARCH, "the discriminator")
         if img_channels not in (1, 3):
             raise ValueError(f"img_channels must be 1 or 3, got {img_channels}")
         self.resolution, self.num_classes, self.img_channels = resolution, num_classes, img_channels
