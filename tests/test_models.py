@@ -134,6 +134,8 @@ def test_every_conv_and_linear_is_spectral_normalised_and_g_embeddings_are_not()
 def test_shared_embedding_variant_builds_and_conditions():
     G = Generator(32, ch=8, z_dim=8, num_classes=5, shared_dim=16)
     assert G.shared.weight.shape == (5, 16)
+    assert not hasattr(G.shared, "parametrizations")  # BigGAN: shared embedding without SN ...
+    assert hasattr(G.blocks[0][0].bn1.gain, "parametrizations")  # ... its gain/bias linears with SN
     z = torch.randn(2, 8)
     G.train()
     assert G(z, torch.tensor([0, 4])).shape == (2, 3, 32, 32)

@@ -167,9 +167,12 @@ class Generator(nn.Module):
             raise ValueError(f"img_channels must be 1 or 3, got {img_channels}")
         self.resolution, self.z_dim, self.num_classes, self.img_channels = resolution, z_dim, num_classes, img_channels
         layers = LayerFactory(sn=sn, eps=sn_eps, init=init)
-        bn_layers = LayerFactory(sn=sn and embed_sn, eps=sn_eps, init=init)
+        embed_layers = LayerFactory(sn=sn and embed_sn, eps=sn_eps, init=init)
         shared_dim = shared_dim if num_classes > 0 else 0
-        self.shared = bn_layers.embedding(num_classes, shared_dim) if shared_dim else None
+        # BigGAN: the shared embedding has no SN (unless embed_sn); the linears that map it to
+        # each BN's gain and bias are spectral-normalised like every other linear layer.
+        self.shared = embed_layers.embedding(num_classes, shared_dim) if shared_dim else None
+        bn_layers = layers if shared_dim else embed_layers
 
         def bn(c: int) -> ConditionalBatchNorm2d:
             return ConditionalBatchNorm2d(c, num_classes, shared_dim, bn_layers, bn_eps, bn_momentum)

@@ -20,12 +20,43 @@ from .config import RunConfig, config_diff, config_from_dict, config_to_dict, lo
 from .console import UserError, info
 from .data import BatchStream, ImageData, default_workers, open_dataset
 from .losses import get_loss
-from .models import attention_gammas, build_discriminator, build_generator
+from .models import D_ARCH, G_ARCH, _check, attention_gammas, build_discriminator, build_generator
 from .sampling import CKPT_DIR, CONFIG_FILE, grid_inputs, save_grid
 
 __all__ = ["Trainer", "resolve_device", "TrainingDiverged"]
 
 RUN_ENTRIES = (CONFIG_FILE, CKPT_DIR, "samples", "tb", "metrics.jsonl")
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Check a config before any work is done; raises UserError naming the bad value."""
+    m, t = cfg.model, cfg.train
+    try:
+        _check(m.resolution, m.g_attn, G_ARCH, "the generator")
+        _check(m.resolution, m.d_attn, D_ARCH, "the discriminator")
+    except ValueError as e:
+        raise UserError(f"{e} (model.resolution / model.g_attn / model.d_attn)") from None
+    checks = [
+        (m.img_channels in (None, 1, 3), "model.img_channels must be 1, 3 or null"),
+        (m.num_classes is None or m.num_classes >= 0, "model.num_classes must be >= 0 or null"),
+        (m.g_ch >= 1 and m.d_ch >= 1 and m.z_dim >= 1, "model.g_ch, model.d_ch and model.z_dim must be positive"),
+        (cfg.steps >= 0, "steps must be >= 0"),
+        (t.batch_size >= 1 and t.n_dis >= 1, "train.batch_size and train.n_dis must be >= 1"),
+        (t.lr_g > 0 and t.lr_d > 0, "learning rates must be positive"),
+        (0.0 <= t.ema_decay < 1.0, "train.ema_decay must lie in [0, 1)"),
+        (min(t.log_every, t.sample_every, t.ckpt_every, t.keep_ckpts) >= 1,
+         "train.log_every, sample_every, ckpt_every and keep_ckpts must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    for net, attn, ch, table in (("g", m.g_attn, m.g_ch, G_ARCH), ("d", m.d_attn, m.d_ch, D_ARCH)):
+        arch = table[m.resolution]
+        for res in attn:
+            c = arch.out_mult[arch.resolution.index(res)] * ch
+            if c % 8:
+                raise UserError(f"attention at {res}x{res} in {net.upper()} needs channels divisible by 8, "
+                                f"but model.{net}_ch {ch} gives {c}; raise model.{net}_ch")
 
 
 class TrainingDiverged(UserError):
@@ -68,6 +99,7 @@ class Trainer:
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.progress = progress
         cfg = copy_config(config)
+        validate_config(cfg)
         if cfg.data is not None:
             cfg.data = str(Path(cfg.data).expanduser().resolve())
         self._prepare_run_dir(cfg, overwrite)

@@ -1,0 +1,127 @@
+"""End to end through the command line, in subprocesses, as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+TINY = [
+    "--model.g_ch", "4", "--model.d_ch", "4", "--model.z_dim", "8",
+    "--model.g_attn", "[16]", "--model.d_attn", "[16]",
+    "--train.batch_size", "8", "--train.log_every", "1", "--train.sample_every", "2",
+    "--train.ckpt_every", "2", "--dataset.workers", "0", "--no_progress",
+]
+
+
+def sagan(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "sagan", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import write_class_folder
+
+    root = tmp_path_factory.mktemp("cli")
+    data = write_class_folder(root / "shapes")
+    r = sagan("train", "--data", data, "--out", root / "run", "--steps", 4, *TINY, cwd=root)
+    assert r.returncode == 0, r.stderr
+    return root, data, r
+
+
+def test_train_writes_run_directory(trained):
+    root, _, r = trained
+    run = root / "run"
+    assert "2 classes: 0=circle, 1=square" in r.stderr
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["ckpt_00000002.pt", "ckpt_00000004.pt"]
+    assert (run / "samples" / "step_00000004.png").exists() and (run / "samples" / "latest.png").exists()
+    grid = Image.open(run / "samples" / "latest.png")
+    assert grid.size == (2 + 10 * 34, 2 + 2 * 34)  # one row per class, 10 columns, 32 px + 2 px padding
+    cfg = (run / "config.yaml").read_text()
+    assert "num_classes: 2" in cfg and "img_channels: 3" in cfg
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    state = torch.load(run / "checkpoints" / "ckpt_00000004.pt", weights_only=True)
+    assert {"G", "D", "G_ema", "opt_g", "opt_d", "rng", "step", "config", "data"} <= set(state)
+
+
+def test_rerun_resumes_and_only_run_dir_is_needed(trained):
+    root, data, _ = trained
+    r = sagan("train", "--out", root / "run", "--steps", 6, "--no_progress", cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stderr and "step 4" in r.stderr
+    steps = [json.loads(x)["step"] for x in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_config_mistakes_are_one_line_errors(trained):
+    root, data, _ = trained
+    r = sagan("train", "--data", data, "--out", root / "typo", "--model.g_chh", 8, cwd=root)
+    assert r.returncode == 2
+    assert "did you mean 'model.g_ch'" in r.stderr and "Traceback" not in r.stderr
+    (root / "bad.yaml").write_text("train:\n  lr_gg: 0.1\n")
+    r = sagan("train", "--data", data, "--out", root / "typo", "--config", root / "bad.yaml", cwd=root)
+    assert r.returncode == 2 and "did you mean 'train.lr_g'" in r.stderr
+    r = sagan("train", "--data", root / "nope", "--out", root / "typo", cwd=root)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    r = sagan("train", "--data", data, "--model.resolution", 48, "--out", root / "typo", *TINY, cwd=root)
+    assert r.returncode == 2 and "unsupported resolution 48" in r.stderr
+    assert not (root / "typo" / "checkpoints").exists()
+
+
+def test_different_run_in_existing_directory_is_refused(trained):
+    root, data, _ = trained
+    before = sorted(p.name for p in (root / "run" / "checkpoints").iterdir())
+    r = sagan("train", "--data", data, "--out", root / "run", "--preset", "demo", *TINY, "--model.z_dim", 16, cwd=root)
+    assert r.returncode == 2 and "different run" in r.stderr and "--overwrite" in r.stderr
+    assert sorted(p.name for p in (root / "run" / "checkpoints").iterdir()) == before
+
+
+def test_print_config_shows_the_resolved_config(tmp_path):
+    r = sagan("train", "--preset", "cifar10", "--train.lr_d", "3e-4", "--print_config", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "lr_d: 0.0003" in r.stdout and "n_dis: 5" in r.stdout and "g_ch: 64" in r.stdout
+
+
+def test_sample_export_and_load_generator(trained):
+    root, _, _ = trained
+    run = root / "run"
+    r = sagan("sample", run, "--n", 5, "--seed", 3, "--out", root / "imgs", cwd=root)
+    assert r.returncode == 0, r.stderr
+    files = sorted((root / "imgs").iterdir())
+    assert len(files) == 5 and Image.open(files[0]).size == (32, 32)
+    r = sagan("sample", run, "--n", 4, "--class", 1, "--grid", "--out", root / "grid.png", cwd=root)
+    assert r.returncode == 0 and (root / "grid.png").exists()
+    r = sagan("sample", run, "--n", 4, "--grid", "--out", root / "grid.png", cwd=root)
+    assert r.returncode == 2 and "already exists" in r.stderr  # nothing overwritten without the flag
+    r = sagan("sample", run, "--class", 7, cwd=root)
+    assert r.returncode == 2 and "0..1" in r.stderr
+
+    r = sagan("export", run, "--out", root / "g.safetensors", cwd=root)
+    assert r.returncode == 0, r.stderr
+    r = sagan("sample", root / "g.safetensors", "--n", 2, "--grid", "--out", root / "grid2.png", cwd=root)
+    assert r.returncode == 0, r.stderr
+
+    import sagan as sg
+
+    G_ckpt = sg.load_generator(run)
+    G_file = sg.load_generator(root / "g.safetensors")
+    assert G_file.z_dim == 8 and G_file.num_classes == 2
+    assert not any("parametrizations" in k for k in G_file.state_dict())  # SN baked into plain weights
+    z, y = torch.randn(3, 8), torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        a, b = G_ckpt(z, y), G_file(z, y)
+    assert a.shape == (3, 3, 32, 32) and a.abs().max() <= 1
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(G_file.sample(3, seed=1), G_file.sample(3, seed=1))
+
+
+def test_help_explains_itself(tmp_path):
+    r = sagan("--help", cwd=tmp_path)
+    assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout and "export" in r.stdout
+    r = sagan("train", "--help", cwd=tmp_path)
+    assert r.returncode == 0 and "--model.g_attn" in r.stdout and "--preset" in r.stdout
+    r = sagan("trian", cwd=tmp_path)
+    assert r.returncode == 2 and "did you mean 'train'" in r.stderr
