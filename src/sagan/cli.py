@@ -17,9 +17,16 @@ from typing import Optional
 
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
+import jsonargparse  # noqa: E402
 from jsonargparse import ActionConfigFile, ArgumentParser  # noqa: E402
 
-from .config import PRESETS, RunConfig, config_from_dict, preset_path, suggest_key  # noqa: E402
+# show each config field's docstring in --help (older jsonargparse: the other setter)
+try:
+    jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+except (AttributeError, TypeError):  # pragma: no cover
+    jsonargparse.set_docstring_parse_options(attribute_docstrings=True)
+
+from .config import PRESETS, RunConfig, _flatten, config_from_dict, preset_path, suggest_key  # noqa: E402
 from .console import UserError, info  # noqa: E402
 
 COMMANDS = {
@@ -130,9 +137,14 @@ def cmd_train(argv: list[str]) -> int:
     else:
         preset = "demo"
         base = preset_path("demo")
-    if "-h" in argv or "--help" in argv:
-        parser.parse_args(["--help"])
-    ns = _parse(parser, ["--config", str(base), *argv])
+    # the base config (preset or saved run) becomes the parser's defaults, so that --help and
+    # --print_config show the values that will really be used
+    import yaml
+
+    base_values = yaml.safe_load(Path(base).read_text()) or {}
+    config_from_dict(base_values)  # rejects unknown keys in the base with a suggestion
+    parser.set_defaults(_flatten(base_values))
+    ns = _parse(parser, argv)
     d = ns.as_dict()
     for k in ("preset", "config", "out", "device", "overwrite", "no_progress", "__path__"):
         d.pop(k, None)

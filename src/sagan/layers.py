@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -227,5 +227,3 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour 2x upsampling, as in the SNGAN/BigGAN generator blocks."""
     return F.interpolate(x, scale_factor=2, mode="nearest")
 
-
-ActivationFn = Callable[[torch.Tensor], torch.Tensor]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -127,8 +126,3 @@ def run_config(path: str | Path) -> RunConfig:
     if not p.exists():
         raise UserError(f"{path} is not a sagan run directory (no {CONFIG_FILE})")
     return load_config(p)
-
-
-def clone_for_sampling(G: nn.Module) -> nn.Module:
-    """A detached eval-mode copy of ``G``."""
-    return copy.deepcopy(G).eval()
