@@ -1,8 +1,10 @@
 """End to end through the command line, in subprocesses, as a user runs it."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +19,32 @@ TINY = [
 
 
 def sagan(*args, cwd):
+    """Run the real command in a subprocess, as a user does."""
     return subprocess.run([sys.executable, "-m", "sagan", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def sagan_inproc(capsys, *args, cwd=None):
+    """The same entry point in this process: fast, for checking messages."""
+    from sagan.cli import main
+
+    capsys.readouterr()
+    old = os.getcwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # --help and --print_config exit
+            rc = e.code or 0
+    finally:
+        os.chdir(old)
+    out, err = capsys.readouterr()
+    return Result(rc, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +83,9 @@ def test_rerun_resumes_and_only_run_dir_is_needed(trained):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
-def test_config_mistakes_are_one_line_errors(trained):
+def test_config_mistakes_are_one_line_errors(trained, capsys):
     root, data, _ = trained
+    sagan = lambda *a, cwd: sagan_inproc(capsys, *a, cwd=cwd)  # noqa: E731
     r = sagan("train", "--data", data, "--out", root / "typo", "--model.g_chh", 8, cwd=root)
     assert r.returncode == 2
     assert "did you mean 'model.g_ch'" in r.stderr and "Traceback" not in r.stderr
@@ -71,21 +99,22 @@ def test_config_mistakes_are_one_line_errors(trained):
     assert not (root / "typo" / "checkpoints").exists()
 
 
-def test_different_run_in_existing_directory_is_refused(trained):
+def test_different_run_in_existing_directory_is_refused(trained, capsys):
     root, data, _ = trained
+    sagan = lambda *a, cwd: sagan_inproc(capsys, *a, cwd=cwd)  # noqa: E731
     before = sorted(p.name for p in (root / "run" / "checkpoints").iterdir())
     r = sagan("train", "--data", data, "--out", root / "run", "--preset", "demo", *TINY, "--model.z_dim", 16, cwd=root)
     assert r.returncode == 2 and "different run" in r.stderr and "--overwrite" in r.stderr
     assert sorted(p.name for p in (root / "run" / "checkpoints").iterdir()) == before
 
 
-def test_print_config_shows_the_resolved_config(tmp_path):
-    r = sagan("train", "--preset", "cifar10", "--train.lr_d", "3e-4", "--print_config", cwd=tmp_path)
+def test_print_config_shows_the_resolved_config(tmp_path, capsys):
+    r = sagan_inproc(capsys, "train", "--preset", "cifar10", "--train.lr_d", "3e-4", "--print_config", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "lr_d: 0.0003" in r.stdout and "n_dis: 5" in r.stdout and "g_ch: 64" in r.stdout
 
 
-def test_sample_export_and_load_generator(trained):
+def test_sample_export_and_load_generator(trained, capsys):
     root, _, _ = trained
     run = root / "run"
     r = sagan("sample", run, "--n", 5, "--seed", 3, "--out", root / "imgs", cwd=root)
@@ -94,10 +123,12 @@ def test_sample_export_and_load_generator(trained):
     assert len(files) == 5 and Image.open(files[0]).size == (32, 32)
     r = sagan("sample", run, "--n", 4, "--class", 1, "--grid", "--out", root / "grid.png", cwd=root)
     assert r.returncode == 0 and (root / "grid.png").exists()
-    r = sagan("sample", run, "--n", 4, "--grid", "--out", root / "grid.png", cwd=root)
+    r = sagan_inproc(capsys, "sample", run, "--n", 4, "--grid", "--out", root / "grid.png")
     assert r.returncode == 2 and "already exists" in r.stderr  # nothing overwritten without the flag
-    r = sagan("sample", run, "--class", 7, cwd=root)
+    r = sagan_inproc(capsys, "sample", run, "--class", 7)
     assert r.returncode == 2 and "0..1" in r.stderr
+    r = sagan_inproc(capsys, "sample", root / "missing")
+    assert r.returncode == 2 and "does not exist" in r.stderr
 
     r = sagan("export", run, "--out", root / "g.safetensors", cwd=root)
     assert r.returncode == 0, r.stderr
@@ -118,10 +149,15 @@ def test_sample_export_and_load_generator(trained):
     assert torch.allclose(G_file.sample(3, seed=1), G_file.sample(3, seed=1))
 
 
-def test_help_explains_itself(tmp_path):
-    r = sagan("--help", cwd=tmp_path)
+def test_help_explains_itself(tmp_path, capsys):
+    r = sagan("--help", cwd=tmp_path)  # python -m sagan, in a subprocess
     assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout and "export" in r.stdout
-    r = sagan("train", "--help", cwd=tmp_path)
+    script = Path(sys.executable).with_name("sagan")  # the console script that pip installed
+    assert script.exists(), "the `sagan` command is not installed next to this Python"
+    r = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "usage: sagan" in r.stdout
+    r = sagan_inproc(capsys, "train", "--help")
     assert r.returncode == 0 and "--model.g_attn" in r.stdout and "--preset" in r.stdout
-    r = sagan("trian", cwd=tmp_path)
+    assert "Feature-map resolutions" in r.stdout  # field docs are shown
+    r = sagan_inproc(capsys, "trian")
     assert r.returncode == 2 and "did you mean 'train'" in r.stderr

@@ -372,6 +372,8 @@ def open_dataset(
     Prints what was found; unreadable images are skipped with one counted warning.
     """
     root = demo_data_path() if path is None else Path(path).expanduser()
+    if path is None:
+        split = "test"  # the bundled demo data is the MNIST test set
     if not root.exists():
         raise UserError(f"data path {root} does not exist; pass --data with a folder, a zip, a CIFAR or an MNIST folder")
     workers = default_workers() if workers < 0 else workers
