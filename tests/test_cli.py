@@ -114,6 +114,13 @@ def test_print_config_shows_the_resolved_config(tmp_path, capsys):
     assert "lr_d: 0.0003" in r.stdout and "n_dis: 5" in r.stdout and "g_ch: 64" in r.stdout
 
 
+def test_model_ch_shorthand_sets_both_widths():
+    from sagan.config import config_from_dict
+
+    cfg = config_from_dict({"model": {"ch": 32}})
+    assert (cfg.model.g_ch, cfg.model.d_ch, cfg.model.ch) == (32, 32, None)
+
+
 def test_sample_export_and_load_generator(trained, capsys):
     root, _, _ = trained
     run = root / "run"
