@@ -168,3 +168,29 @@ def test_help_explains_itself(tmp_path, capsys):
     assert "Feature-map resolutions" in r.stdout  # field docs are shown
     r = sagan_inproc(capsys, "trian")
     assert r.returncode == 2 and "did you mean 'train'" in r.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_finishes_the_step_saves_and_resumes(tmp_path, sig):
+    import signal
+    import time
+
+    from conftest import write_class_folder
+
+    data = write_class_folder(tmp_path / "shapes")
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "sagan", "train", "--data", str(data), "--out", str(run), "--steps", "100000",
+            *TINY, "--train.ckpt_every", "100000", "--train.sample_every", "100000"]
+    p = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    p.send_signal(getattr(signal, sig))
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    step = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert f"{sig}: stopped after step {step}" in err
+    assert (run / "checkpoints" / f"ckpt_{step:08d}.pt").exists()
+    r = sagan("train", "--out", run, "--steps", step + 1, "--no_progress", cwd=tmp_path)
+    assert r.returncode == 0 and f"step {step}" in r.stderr

@@ -154,7 +154,8 @@ def cmd_train(argv: list[str]) -> int:
 
     trainer = Trainer(cfg, run_dir, device=ns.device, overwrite=ns.overwrite, progress=not ns.no_progress)
     trainer.fit()
-    info(f"done: {run_dir}/samples/latest.png; sample with: sagan sample {run_dir} --grid")
+    if trainer.stopped_by is None:
+        info(f"done: {run_dir}/samples/latest.png; sample with: sagan sample {run_dir} --grid")
     return 0
 
 

@@ -365,6 +365,7 @@ def open_dataset(
     cache: str = "auto",
     workers: int = -1,
     verbose: bool = True,
+    progress: bool = True,
 ) -> ImageData:
     """Open ``path`` (None: the bundled MNIST demo) at ``resolution``.
 
@@ -399,7 +400,7 @@ def open_dataset(
     need = len(names) * ch * resolution * resolution
     use_cache = cache == "memory" or (cache == "auto" and need < _available_memory() // 2)
     if use_cache:
-        _fill_cache(data, workers, verbose)
+        _fill_cache(data, workers, verbose and progress)
     elif verbose:
         info(f"decoding on the fly with {workers} workers (a cache would need {need / 2**30:.1f} GiB)")
     _report(data, "zip" if files.is_zip else "folder", None)

@@ -7,7 +7,10 @@ import dataclasses
 import json
 import math
 import shutil
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +108,8 @@ class Trainer:
         self._prepare_run_dir(cfg, overwrite)
         m = cfg.model
         self.data = data or open_dataset(
-            cfg.data, m.resolution, m.img_channels, cfg.dataset.split, cfg.dataset.cache, cfg.dataset.workers
+            cfg.data, m.resolution, m.img_channels, cfg.dataset.split, cfg.dataset.cache, cfg.dataset.workers,
+            progress=progress,
         )
         if m.num_classes is None:
             m.num_classes = self.data.num_classes
@@ -134,6 +138,7 @@ class Trainer:
         self.stream = BatchStream(self.data, t.batch_size, t.seed, cfg.dataset.flip, self.device, workers=workers)
         self.ckpts = CheckpointManager(self.run_dir / CKPT_DIR, t.keep_ckpts)
         self.step = 0
+        self.stopped_by: str | None = None
         self._resume()
 
     # ------------------------------------------------------------------ run directory
@@ -274,29 +279,35 @@ class Trainer:
         last: dict[str, float] = {}
         t0, imgs = time.perf_counter(), 0
         try:
-            while self.step < cfg.steps:
-                for _ in range(t.n_dis):
-                    x, y = next(self.stream)
-                    x = x.contiguous(memory_format=self.memory_format)
-                    d_loss, d_real, d_fake = self.d_step(x, y)
-                    imgs += x.shape[0]
-                g_loss = self.g_step()
-                self.step += 1
-                self.update_ema()
-                sums += torch.stack([d_loss, g_loss, d_real, d_fake, torch.ones((), device=self.device)])
-                bar.update(1)
-                end = self.step >= cfg.steps
-                if self.step % t.log_every == 0 or end:
-                    elapsed = time.perf_counter() - t0
-                    last = self._log(sums, imgs / max(elapsed, 1e-9), writer, metrics_file)
-                    bar.set_postfix(d=f"{last['d_loss']:.3f}", g=f"{last['g_loss']:.3f}", img_s=f"{last['img_per_s']:.0f}")
-                    sums.zero_()
-                    t0, imgs = time.perf_counter(), 0
-                if self.step % t.sample_every == 0 or end:
-                    self._sample(grid_z, grid_y, writer)
-                if self.step % t.ckpt_every == 0 or end:
-                    self._check_finite()
-                    self.save_checkpoint()
+            with graceful_stop() as stop:
+                while self.step < cfg.steps:
+                    for _ in range(t.n_dis):
+                        x, y = next(self.stream)
+                        x = x.contiguous(memory_format=self.memory_format)
+                        d_loss, d_real, d_fake = self.d_step(x, y)
+                        imgs += x.shape[0]
+                    g_loss = self.g_step()
+                    self.step += 1
+                    self.update_ema()
+                    sums += torch.stack([d_loss, g_loss, d_real, d_fake, torch.ones((), device=self.device)])
+                    bar.update(1)
+                    end = self.step >= cfg.steps or stop.requested is not None
+                    if self.step % t.log_every == 0 or end:
+                        elapsed = time.perf_counter() - t0
+                        last = self._log(sums, imgs / max(elapsed, 1e-9), writer, metrics_file)
+                        bar.set_postfix(d=f"{last['d_loss']:.3f}", g=f"{last['g_loss']:.3f}", img_s=f"{last['img_per_s']:.0f}")
+                        sums.zero_()
+                        t0, imgs = time.perf_counter(), 0
+                    if self.step % t.sample_every == 0 or end:
+                        self._sample(grid_z, grid_y, writer)
+                    if self.step % t.ckpt_every == 0 or end:
+                        self._check_finite()
+                        self.save_checkpoint()
+                    if stop.requested is not None:
+                        self.stopped_by = stop.requested
+                        info(f"{stop.requested}: stopped after step {self.step:,} and saved a checkpoint; "
+                             "run the same command again to resume")
+                        break
         finally:
             bar.close()
             writer.close()
@@ -352,6 +363,32 @@ class Trainer:
 
         writer.add_image("samples/ema", make_grid(imgs.float().cpu() * 0.5 + 0.5, nrow=self.cfg.train.grid_columns), self.step)
         return path
+
+
+class _StopRequest:
+    requested: str | None = None
+
+
+@contextmanager
+def graceful_stop():
+    """While active, SIGINT and SIGTERM ask the loop to finish its step, checkpoint and stop;
+    a second signal interrupts at once. Outside the main thread, signals are left alone."""
+    req = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield req
+        return
+
+    def handler(signum, frame):
+        if req.requested is not None:
+            raise KeyboardInterrupt
+        req.requested = signal.Signals(signum).name
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield req
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def copy_config(cfg: RunConfig) -> RunConfig:
