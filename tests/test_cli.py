@@ -114,11 +114,11 @@ def test_print_config_shows_the_resolved_config(tmp_path, capsys):
     assert "lr_d: 0.0003" in r.stdout and "n_dis: 5" in r.stdout and "g_ch: 64" in r.stdout
 
 
-def test_model_ch_shorthand_sets_both_widths():
-    from sagan.config import config_from_dict
-
-    cfg = config_from_dict({"model": {"ch": 32}})
-    assert (cfg.model.g_ch, cfg.model.d_ch, cfg.model.ch) == (32, 32, None)
+def test_model_ch_shorthand_sets_both_widths_in_order(tmp_path, capsys):
+    r = sagan_inproc(capsys, "train", "--model.g_ch", "16", "--model.ch", "32", "--print_config", cwd=tmp_path)
+    assert r.returncode == 0 and "g_ch: 32" in r.stdout and "d_ch: 32" in r.stdout and " ch:" not in r.stdout
+    r = sagan_inproc(capsys, "train", "--model.ch=32", "--model.d_ch", "16", "--print_config", cwd=tmp_path)
+    assert "g_ch: 32" in r.stdout and "d_ch: 16" in r.stdout
 
 
 def test_sample_export_and_load_generator(trained, capsys):
@@ -194,3 +194,37 @@ def test_interrupt_finishes_the_step_saves_and_resumes(tmp_path, sig):
     assert (run / "checkpoints" / f"ckpt_{step:08d}.pt").exists()
     r = sagan("train", "--out", run, "--steps", step + 1, "--no_progress", cwd=tmp_path)
     assert r.returncode == 0 and f"step {step}" in r.stderr
+
+
+def test_overwrite_with_bad_input_keeps_the_old_run(trained, capsys, tmp_path):
+    root, data, _ = trained
+    before = sorted(p.name for p in (root / "run" / "checkpoints").iterdir())
+    r = sagan_inproc(capsys, "train", "--out", root / "run", "--overwrite", "--data", tmp_path / "missing", *TINY)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "deleted" not in r.stderr
+    assert sorted(p.name for p in (root / "run" / "checkpoints").iterdir()) == before
+
+
+def test_failed_start_does_not_lock_the_run_directory(tmp_path, capsys):
+    from conftest import write_class_folder
+
+    data = write_class_folder(tmp_path / "shapes", per_class=3)  # 6 images
+    args = ["train", "--data", data, "--out", tmp_path / "run", "--steps", 1, *TINY]
+    r = sagan_inproc(capsys, *args, "--train.batch_size", 32)
+    assert r.returncode == 2 and "fewer than one batch" in r.stderr
+    r = sagan_inproc(capsys, *args, "--train.batch_size", 4)  # following the advice works
+    assert r.returncode == 0, r.stderr
+
+
+def test_preset_and_out_inside_a_config_file_are_honoured(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("preset: cifar10\ntrain:\n  batch_size: 8\n")
+    r = sagan_inproc(capsys, "train", "--config", tmp_path / "c.yaml", "--print_config", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "n_dis: 5" in r.stdout and "batch_size: 8" in r.stdout and "g_ch: 64" in r.stdout
+
+
+def test_finished_run_says_so_and_exported_files_are_not_checkpoints(trained, capsys):
+    root, _, _ = trained
+    r = sagan_inproc(capsys, "train", "--out", root / "run", "--steps", 1)
+    assert r.returncode == 0 and "already trained" in r.stderr and "done" not in r.stderr
+    r = sagan_inproc(capsys, "sample", root / "run", "--truncation", 0)
+    assert r.returncode == 2 and "--truncation must be positive" in r.stderr

@@ -749,3 +749,23 @@ def test_stream_dataset_of_exactly_one_batch_works():
     stream = BatchStream(indexed_data(4), batch_size=4, seed=0)
     for x, _ in take(stream, 3):
         assert sorted(batch_indices(x)) == [0, 1, 2, 3]
+
+
+def test_lazy_unreadable_images_get_one_counted_warning_per_epoch(tmp_path, capsys):
+    from sagan.data import BatchStream
+
+    root = tmp_path / "flat"
+    root.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / f"{i}.png")
+    for i in range(6, 8):
+        (root / f"{i}.png").write_bytes(b"not an image")
+    data = open_dataset(root, 8, cache="none", workers=0, verbose=False)
+    stream = BatchStream(data, batch_size=8, seed=0)
+    capsys.readouterr()
+    next(stream)
+    next(stream)  # starting epoch 1 reports epoch 0
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "skipped 2 unreadable images" in err
+    next(stream)
+    assert "warning" not in capsys.readouterr().err  # the same files are not reported again

@@ -174,3 +174,32 @@ def test_unconditional_bn_is_plain_affine_bn():
     bn = ConditionalBatchNorm2d(4)
     x = torch.randn(6, 4, 3, 3)
     assert torch.allclose(bn(x), F.batch_norm(x, None, None, training=True, eps=bn.bn.eps), atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_sdpa_gets_inputs_that_fused_kernels_accept(monkeypatch, layout):
+    # CUDA's fused kernels need a unit stride in the last dimension; otherwise SDPA falls back
+    # to building the N x N/4 matrix
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append([t.stride(-1) for t in (q, k, v)])
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    m = SelfAttention2d(32)
+    m(torch.randn(2, 32, 8, 8).contiguous(memory_format=layout))
+    assert seen == [[1, 1, 1]]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_attention_runs_on_the_memory_efficient_kernel(layout):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    m = SelfAttention2d(256).cuda()
+    x = torch.randn(4, 256, 64, 64, device="cuda").contiguous(memory_format=layout)
+    with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION), torch.autocast("cuda", dtype=torch.bfloat16):
+        m(x).float().sum().backward()  # raises if the fused kernel cannot take these inputs

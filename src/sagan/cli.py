@@ -118,6 +118,25 @@ def _flag_value(argv: list[str], name: str) -> str | None:
     return None
 
 
+def _expand_aliases(argv: list[str]) -> list[str]:
+    """``--model.ch X`` is shorthand for ``--model.g_ch X --model.d_ch X``, expanded in place so
+    that options still apply in the order given."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--model.ch" and i + 1 < len(argv):
+            out += ["--model.g_ch", argv[i + 1], "--model.d_ch", argv[i + 1]]
+            i += 2
+            continue
+        if a.startswith("--model.ch="):
+            v = a.split("=", 1)[1]
+            out += [f"--model.g_ch={v}", f"--model.d_ch={v}"]
+        else:
+            out.append(a)
+        i += 1
+    return out
+
+
 def _default_out(preset: str, data: str | None) -> Path:
     if data is None:
         return Path("runs") / preset
@@ -125,36 +144,53 @@ def _default_out(preset: str, data: str | None) -> Path:
     return Path("runs") / f"{preset}-{stem}"
 
 
-def cmd_train(argv: list[str]) -> int:
-    parser = _train_parser()
-    preset = _flag_value(argv, "--preset")
-    out = _flag_value(argv, "--out")
+def _choose_base(preset: str | None, out: str | None, overwrite: bool) -> tuple[Path, str | None]:
+    """The config that options apply on: the preset if one is named, else an existing run's
+    saved config, else the demo preset. Returns (path, preset name or None)."""
     if preset is not None:
-        base = preset_path(preset)
-    elif out is not None and (Path(out) / "config.yaml").exists() and "--overwrite" not in argv:
-        base = Path(out) / "config.yaml"
-        info(f"using the saved config of {out} (pass --preset to start from a preset)")
-    else:
-        preset = "demo"
-        base = preset_path("demo")
-    # the base config (preset or saved run) becomes the parser's defaults, so that --help and
-    # --print_config show the values that will really be used
+        return preset_path(preset), preset
+    if out is not None and (Path(out) / "config.yaml").exists() and not overwrite:
+        return Path(out) / "config.yaml", None
+    return preset_path("demo"), "demo"
+
+
+def _parser_with_base(base: Path) -> ArgumentParser:
+    """The train parser with ``base`` as its defaults, so that --help and --print_config show
+    the values that will really be used."""
     import yaml
 
-    base_values = yaml.safe_load(Path(base).read_text()) or {}
-    config_from_dict(base_values)  # rejects unknown keys in the base with a suggestion
-    parser.set_defaults(_flatten(base_values))
-    ns = _parse(parser, argv)
+    parser = _train_parser()
+    try:
+        values = yaml.safe_load(Path(base).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{base} is not valid YAML ({e.__class__.__name__}); fix or delete it") from None
+    config_from_dict(values)  # rejects unknown keys in the base, with a suggestion
+    parser.set_defaults(_flatten(values))
+    return parser
+
+
+def cmd_train(argv: list[str]) -> int:
+    argv = _expand_aliases(argv)
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    base, name = _choose_base(_flag_value(argv, "--preset"), _flag_value(argv, "--out"), "--overwrite" in argv)
+    if not wants_help:
+        # first pass: --preset, --out and --overwrite may also come from a --config file
+        probe = [a for a in argv if not a.startswith("--print_config")]
+        ns = _parse(_parser_with_base(base), probe)
+        base, name = _choose_base(ns.preset, ns.out, ns.overwrite)
+        if name is None:
+            info(f"using the saved config of {ns.out} (pass --preset to start from a preset instead)")
+    ns = _parse(_parser_with_base(base), argv)  # --help and --print_config exit here
     d = ns.as_dict()
     for k in ("preset", "config", "out", "device", "overwrite", "no_progress", "__path__"):
         d.pop(k, None)
     cfg = config_from_dict(d)
-    run_dir = Path(ns.out) if ns.out else _default_out(preset or "demo", cfg.data)
+    run_dir = Path(ns.out) if ns.out else _default_out(name or "demo", cfg.data)
     from .training import Trainer
 
     trainer = Trainer(cfg, run_dir, device=ns.device, overwrite=ns.overwrite, progress=not ns.no_progress)
     trainer.fit()
-    if trainer.stopped_by is None:
+    if trainer.stopped_by is None and trainer.steps_run:
         info(f"done: {run_dir}/samples/latest.png; sample with: sagan sample {run_dir} --grid")
     return 0
 
@@ -176,10 +212,14 @@ def cmd_sample(argv: list[str]) -> int:
     from .training import resolve_device
 
     src = Path(ns.source)
-    G = load_generator(src, device=resolve_device(ns.device), ema=not ns.raw)
     n = ns.n
     if n < 1:
         raise UserError("--n must be at least 1")
+    if ns.truncation is not None and ns.truncation <= 0:
+        raise UserError("--truncation must be positive (typical values: 0.5 to 2)")
+    if ns.raw and src.suffix == ".safetensors":
+        raise UserError("--raw needs a run directory or checkpoint: exported files hold only the EMA generator")
+    G = load_generator(src, device=resolve_device(ns.device), ema=not ns.raw)
     y = None
     if G.num_classes > 0:
         if ns.class_ is not None:

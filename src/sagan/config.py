@@ -46,8 +46,6 @@ class ModelConfig:
     """Image size in pixels: 32, 64, 128 or 256."""
     z_dim: int = 128
     """Size of the latent vector z."""
-    ch: Optional[int] = None
-    """Shorthand: set both g_ch and d_ch to this width."""
     g_ch: int = 64
     """Generator width: block channels are g_ch times the architecture table's multipliers."""
     d_ch: int = 64
@@ -222,11 +220,7 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
             if k in sub:
                 sub[k] = tuple(sub[k])
         kw[name] = cls(**sub)
-    cfg = RunConfig(**kw)
-    if cfg.model.ch is not None:  # the shorthand sets both widths and is not kept
-        cfg.model.g_ch = cfg.model.d_ch = cfg.model.ch
-        cfg.model.ch = None
-    return cfg
+    return RunConfig(**kw)
 
 
 def load_preset(name: str) -> RunConfig:

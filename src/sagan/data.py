@@ -132,19 +132,35 @@ class ImageData:
             return self.images[i]
         return _decode(self._files.open(self._names[i]), self.resolution, self.channels)
 
-    def __getitem__(self, i: int):
+    def fetch(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Image ``i``, its label, and -1; or, when ``i`` is unreadable (only possible without
+        the cache), the next readable image with *its* label, and ``i``."""
         img = self.decode(i)
-        if img is None:  # unreadable (only possible without the cache): use the next readable image
-            for step in range(1, 64):
-                j = (i + step) % len(self)
-                img = self.decode(j)
-                if img is not None:
-                    if not getattr(self, "_warned", False):
-                        warn(f"unreadable image {self._names[i]} in {self.source}; using a neighbour in its place")
-                        self._warned = True
-                    return img, self.labels[j]
-            raise UserError(f"dozens of unreadable images in a row in {self.source}; check the data")
-        return img, self.labels[i]
+        if img is not None:
+            return img, self.labels[i], -1
+        for step in range(1, 64):
+            j = (i + step) % len(self)
+            img = self.decode(j)
+            if img is not None:
+                return img, self.labels[j], i
+        raise UserError(f"dozens of unreadable images in a row in {self.source}; check the data")
+
+    def __getitem__(self, i: int):
+        img, label, _ = self.fetch(i)
+        return img, label
+
+
+class _Fetch(torch.utils.data.Dataset):
+    """DataLoader view of an ImageData that also reports substituted (unreadable) indices."""
+
+    def __init__(self, data: ImageData):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.data.fetch(i)
 
 
 def _decode(buf: io.BytesIO, resolution: int, channels: int) -> torch.Tensor | None:
@@ -487,6 +503,8 @@ class BatchStream:
         self.batches_per_epoch = per_rank // batch_size
         self.epoch, self.position = 0, 0
         self._iter: Iterator | None = None
+        self._unreadable: set[int] = set()
+        self._reported: set[int] = set()
 
     def _order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -502,7 +520,7 @@ class BatchStream:
         if self.data.images is not None:
             return ((self.data.images[i], self.data.labels[i]) for i in indices)
         loader = torch.utils.data.DataLoader(
-            self.data,
+            _Fetch(self.data),
             batch_sampler=[i.tolist() for i in indices],
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
@@ -514,10 +532,16 @@ class BatchStream:
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.position >= self.batches_per_epoch:
+            self._report_unreadable()
             self.epoch, self.position, self._iter = self.epoch + 1, 0, None
         if self._iter is None:
             self._iter = self._new_iter()
-        x, y = next(self._iter)
+        item = next(self._iter)
+        if len(item) == 3:  # decoded on the fly: note unreadable files that were substituted
+            x, y, bad = item
+            self._unreadable.update(int(b) for b in bad.tolist() if b >= 0)
+        else:
+            x, y = item
         if self.flip:
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 100_003 + self.position)
             mask = torch.rand(len(x), generator=g) < 0.5
@@ -525,6 +549,14 @@ class BatchStream:
         self.position += 1
         x = x.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
         return x, y.to(self.device, non_blocking=True)
+
+    def _report_unreadable(self) -> None:
+        new = sorted(self._unreadable - self._reported)
+        if new:
+            names = ", ".join(self.data._names[i] for i in new[:3]) + (", ..." if len(new) > 3 else "")
+            warn(f"skipped {len(new)} unreadable image{'s' if len(new) > 1 else ''} in epoch {self.epoch} "
+                 f"({names}); neighbours were used in their place")
+            self._reported.update(new)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}

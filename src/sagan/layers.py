@@ -124,12 +124,14 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         b, c, h, w = x.shape
-        q = self.theta(x).flatten(2).transpose(1, 2)  # B, N, C/8
+        # contiguous, so that the last dimension has stride 1 whatever x's memory layout:
+        # CUDA's fused SDPA kernels refuse other strides and fall back to the N x N/4 matrix
+        q = self.theta(x).flatten(2).transpose(1, 2).contiguous()  # B, N, C/8
         k, v = self.phi(x), self.g(x)
         if self.pool:
             k, v = F.max_pool2d(k, 2), F.max_pool2d(v, 2)
-        k = k.flatten(2).transpose(1, 2)  # B, N/4, C/8
-        v = v.flatten(2).transpose(1, 2)  # B, N/4, C/2
+        k = k.flatten(2).transpose(1, 2).contiguous()  # B, N/4, C/8
+        v = v.flatten(2).transpose(1, 2).contiguous()  # B, N/4, C/2
         attn = None
         if return_attention or self.recording:
             attn = torch.softmax(q @ k.transpose(1, 2), dim=-1)
@@ -185,16 +187,21 @@ class ConditionalBatchNorm2d(nn.Module):
         layers: LayerFactory | None = None,
         eps: float = 1e-5,
         momentum: float = 0.1,
+        one_plus: bool | None = None,
     ):
         super().__init__()
         layers = layers or LayerFactory(sn=False)
+        # per-class mode: gain = E(y) (E starting at 1) without SN, gain = 1 + E(y) with SN.
+        # one_plus fixes the form explicitly, so that a plain-weight twin of an SN model
+        # (an exported generator) computes the same function.
+        one_plus = layers.sn if one_plus is None else one_plus
         self.num_features, self.num_classes, self.shared_dim = num_features, num_classes, shared_dim
         self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=False)
         self.mode = "shared" if shared_dim > 0 else ("class" if num_classes > 0 else "plain")
         if self.mode == "shared":
             self.gain = layers.linear(shared_dim, num_features, bias=False)
             self.bias = layers.linear(shared_dim, num_features, bias=False)
-        elif self.mode == "class" and not layers.sn:
+        elif self.mode == "class" and not one_plus:
             self.gain = nn.Embedding(num_classes, num_features)
             self.bias = nn.Embedding(num_classes, num_features)
             nn.init.ones_(self.gain.weight)
@@ -207,7 +214,7 @@ class ConditionalBatchNorm2d(nn.Module):
         else:
             self.weight = nn.Parameter(torch.ones(num_features))
             self.bias_ = nn.Parameter(torch.zeros(num_features))
-        self._one_plus = self.mode == "shared" or (self.mode == "class" and layers.sn)
+        self._one_plus = self.mode == "shared" or (self.mode == "class" and one_plus)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.bn(x)

@@ -175,7 +175,7 @@ class Generator(nn.Module):
         bn_layers = layers if shared_dim else embed_layers
 
         def bn(c: int) -> ConditionalBatchNorm2d:
-            return ConditionalBatchNorm2d(c, num_classes, shared_dim, bn_layers, bn_eps, bn_momentum)
+            return ConditionalBatchNorm2d(c, num_classes, shared_dim, bn_layers, bn_eps, bn_momentum, one_plus=embed_sn)
 
         c_in = arch.in_mult[0] * ch
         self.bottom_channels = c_in
@@ -227,8 +227,8 @@ class Generator(nn.Module):
         if self.num_classes > 0:
             if y is None:
                 labels = torch.randint(0, self.num_classes, (n,), generator=gen)
-            elif isinstance(y, int):
-                labels = torch.full((n,), y, dtype=torch.long)
+            elif isinstance(y, int) or torch.as_tensor(y).ndim == 0:
+                labels = torch.full((n,), int(y), dtype=torch.long)
             else:
                 labels = torch.as_tensor(y, dtype=torch.long).reshape(-1)
                 if labels.numel() != n:

@@ -15,7 +15,7 @@ from .config import ModelConfig, RunConfig, config_from_dict, load_config
 from .console import UserError
 from .models import Generator, build_generator
 
-__all__ = ["load_generator", "export_generator", "grid_inputs", "save_grid", "to_uint8", "bake_spectral_norm"]
+__all__ = ["load_generator", "export_generator", "grid_inputs", "save_grid", "to_uint8", "baked_state_dict"]
 
 CONFIG_FILE = "config.yaml"
 CKPT_DIR = "checkpoints"
@@ -45,16 +45,27 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int) -> None:
     save_image(images.float().clamp(-1, 1) * 0.5 + 0.5, str(path), nrow=columns, padding=2, pad_value=1.0)
 
 
-def bake_spectral_norm(module: nn.Module) -> nn.Module:
-    """Replace every spectral-norm parametrization by its current value ``W / sigma``, in place.
+def baked_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of ``module`` with every spectral-norm parametrization replaced by its
+    current value ``W / sigma`` (computed in eval mode, so no power iteration runs), for a
+    plain-weight twin built with ``sn=False``. ``module`` itself is left untouched.
 
-    The module is put in eval mode first so that no power iteration runs while baking."""
+    (``torch.nn.utils.parametrize.remove_parametrizations`` is avoided on purpose: it deletes
+    the property from a class that deep copies share, which breaks every other copy.)
+    """
+    was_training = module.training
     module.eval()
-    for m in list(module.modules()):
-        if parametrize.is_parametrized(m):
-            for name in list(m.parametrizations.keys()):
-                parametrize.remove_parametrizations(m, name, leave_parametrized=True)
-    return module
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, m in module.named_modules():
+            if parametrize.is_parametrized(m):
+                for pname in m.parametrizations.keys():
+                    out[f"{name}.{pname}" if name else pname] = getattr(m, pname).detach().clone()
+        for k, v in module.state_dict().items():
+            if "parametrizations." not in k:
+                out[k] = v.detach().clone()
+    module.train(was_training)
+    return out
 
 
 def _model_config(cfg_dict: dict) -> ModelConfig:
@@ -68,7 +79,12 @@ def _resolve_checkpoint(path: Path) -> tuple[Path, dict]:
         if found is None:
             raise UserError(f"{path} holds no checkpoint yet; train first (sagan train --out {path})")
         return found
-    return path, load_checkpoint(path)
+    if path.suffix == ".safetensors":
+        raise UserError(f"{path} is an exported generator, not a checkpoint; pass a run directory or a .pt checkpoint")
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or not {"config", "G_ema", "G", "step"} <= set(state):
+        raise UserError(f"{path} is not a sagan checkpoint")
+    return path, state
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> Generator:
@@ -110,8 +126,7 @@ def export_generator(src: str | Path, out: str | Path, overwrite: bool = False) 
     _, state = _resolve_checkpoint(src)
     G = build_generator(_model_config(state["config"]))
     G.load_state_dict(state["G_ema"])
-    bake_spectral_norm(G)
-    tensors = {k: v.contiguous() for k, v in G.state_dict().items()}
+    tensors = {k: v.contiguous() for k, v in baked_state_dict(G).items()}
     meta = {"config": json.dumps(state["config"]), "step": str(int(state["step"])), "format": "torch-sagan/1"}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -28,7 +28,7 @@ from .sampling import CKPT_DIR, CONFIG_FILE, grid_inputs, save_grid
 
 __all__ = ["Trainer", "resolve_device", "TrainingDiverged"]
 
-RUN_ENTRIES = (CONFIG_FILE, CKPT_DIR, "samples", "tb", "metrics.jsonl")
+RUN_ENTRIES = (CONFIG_FILE, CKPT_DIR, "samples", "tb", "metrics.jsonl", "generator_ema.safetensors", "generated")
 
 
 def validate_config(cfg: RunConfig) -> None:
@@ -105,7 +105,7 @@ class Trainer:
         validate_config(cfg)
         if cfg.data is not None:
             cfg.data = str(Path(cfg.data).expanduser().resolve())
-        self._prepare_run_dir(cfg, overwrite)
+        self._check_run_dir(overwrite)  # refuse a foreign directory before any work
         m = cfg.model
         self.data = data or open_dataset(
             cfg.data, m.resolution, m.img_channels, cfg.dataset.split, cfg.dataset.cache, cfg.dataset.workers,
@@ -121,8 +121,8 @@ class Trainer:
         if m.img_channels is None:
             m.img_channels = self.data.channels
         self.cfg = cfg
-        self._check_against_saved()
-        save_config(cfg, self.run_dir / CONFIG_FILE)
+        if not overwrite:
+            self._check_against_saved()
 
         t = cfg.train
         torch.manual_seed(t.seed)
@@ -138,33 +138,39 @@ class Trainer:
         self.stream = BatchStream(self.data, t.batch_size, t.seed, cfg.dataset.flip, self.device, workers=workers)
         self.ckpts = CheckpointManager(self.run_dir / CKPT_DIR, t.keep_ckpts)
         self.step = 0
+        self.steps_run = 0
         self.stopped_by: str | None = None
+        # everything is checked and built: only now touch the run directory
+        if overwrite:
+            self._delete_previous_run()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / CONFIG_FILE)
         self._resume()
 
     # ------------------------------------------------------------------ run directory
-    def _prepare_run_dir(self, cfg: RunConfig, overwrite: bool) -> None:
+    def _check_run_dir(self, overwrite: bool) -> None:
         d = self.run_dir
         if d.exists() and not d.is_dir():
             raise UserError(f"{d} is a file; choose a directory for --out")
-        existing = [p.name for p in d.iterdir()] if d.is_dir() else []
-        if overwrite and (d / CONFIG_FILE).exists():
-            for name in RUN_ENTRIES:
-                p = d / name
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
-            info(f"--overwrite: deleted the previous run in {d}")
-        elif existing and not (d / CONFIG_FILE).exists():
-            raise UserError(
-                f"{d} exists and is not a sagan run directory; choose a new or empty --out"
-            )
-        d.mkdir(parents=True, exist_ok=True)
+        if d.is_dir() and any(d.iterdir()) and not (d / CONFIG_FILE).exists():
+            raise UserError(f"{d} exists and is not a sagan run directory; choose a new or empty --out")
+
+    def _delete_previous_run(self) -> None:
+        d = self.run_dir
+        if not (d / CONFIG_FILE).exists():
+            return
+        for name in RUN_ENTRIES:
+            p = d / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        info(f"--overwrite: deleted the previous run in {d}")
 
     def _check_against_saved(self) -> None:
         path = self.run_dir / CONFIG_FILE
-        if not path.exists():
-            return
+        if not path.exists() or not CheckpointManager(self.run_dir / CKPT_DIR).paths():
+            return  # nothing trained yet: a changed config simply replaces the saved one
         saved = load_config(path)
         diff = config_diff(saved, self.cfg)
         if diff:
@@ -261,6 +267,9 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train until ``config.steps``; returns the last logged metrics."""
         cfg, t = self.cfg, self.cfg.train
+        if self.step >= cfg.steps:
+            info(f"{self.run_dir} is already trained to step {self.step:,}; raise --steps to train further")
+            return {}
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
@@ -271,8 +280,6 @@ class Trainer:
         grid_z, grid_y = grid_inputs(cfg.model.num_classes, cfg.model.z_dim, t.grid_columns, t.grid_max_rows, t.seed + 1)
         self.G.train()
         self.D.train()
-        if self.step >= cfg.steps:
-            info(f"{self.run_dir} is already trained to step {self.step:,}; raise --steps to train further")
         info(f"training on {self.device} into {self.run_dir}")
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True, disable=not self.progress)
         sums = torch.zeros(5, device=self.device)  # d_loss, g_loss, d_real, d_fake, count
@@ -288,6 +295,7 @@ class Trainer:
                         imgs += x.shape[0]
                     g_loss = self.g_step()
                     self.step += 1
+                    self.steps_run += 1
                     self.update_ema()
                     sums += torch.stack([d_loss, g_loss, d_real, d_fake, torch.ones((), device=self.device)])
                     bar.update(1)
