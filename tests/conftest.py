@@ -37,3 +37,20 @@ def _seed():
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A tiny trained run directory (2 steps), shared by tests that only read it."""
+    from sagan.config import RunConfig
+    from sagan.training import Trainer
+
+    root = tmp_path_factory.mktemp("trained")
+    data = write_class_folder(root / "shapes")
+    cfg = RunConfig(data=str(data), steps=2)
+    m, t = cfg.model, cfg.train
+    m.resolution, m.z_dim, m.g_ch, m.d_ch, m.g_attn, m.d_attn = 32, 8, 4, 4, [16], [16]
+    t.batch_size, t.log_every, t.sample_every, t.ckpt_every = 8, 1, 2, 2
+    cfg.dataset.workers = 0
+    Trainer(cfg, root / "run", progress=False).fit()
+    return root / "run"

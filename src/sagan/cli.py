@@ -8,6 +8,7 @@ directory's saved config is the base when no ``--preset`` is given, so ``sagan t
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -33,6 +34,8 @@ COMMANDS = {
     "train": "train a SAGAN (default: the demo preset on bundled MNIST); rerun to resume",
     "sample": "write images or a grid from a run directory, checkpoint or exported file",
     "export": "write a run's EMA generator as safetensors, spectral norm baked in",
+    "eval": "IS, FID, KID and intra-FID of a run's EMA generator (TF-Inception, as published numbers)",
+    "score": "IS, FID and KID of a folder or zip of images against another (e.g. samples from other tools)",
 }
 
 
@@ -86,7 +89,49 @@ def _export_parser() -> ArgumentParser:
     return p
 
 
-PARSERS = {"train": _train_parser, "sample": _sample_parser, "export": _export_parser}
+def _add_inception_args(p: ArgumentParser) -> None:
+    p.add_argument("--inception-weights", "--inception_weights", type=Optional[str], default=None,
+                   dest="inception_weights",
+                   help="local TF-Inception weights (weights-inception-2015-12-05-6726825d.pth); "
+                        "also $SAGAN_INCEPTION_WEIGHTS; default: the torch hub cache, downloaded once "
+                        "unless $SAGAN_OFFLINE is set")
+    p.add_argument("--batch_size", type=int, default=250, help="images per generator/Inception batch")
+    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", type=Optional[str], default=None, help="also write the results to this JSON file")
+
+
+def _eval_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="sagan eval", description="Score a trained generator the standard way: N samples "
+                       "from the EMA G, TF-Inception features (torch-fidelity), IS, FID and KID against a reference "
+                       "set, and intra-FID (mean per-class FID) for conditional models. Reference statistics are "
+                       "cached by content, resolution and extractor.", exit_on_error=False, default_env=False)
+    p.add_argument("source", type=str, help="run directory or checkpoint (.pt)")
+    p.add_argument("--n", type=int, default=50_000, help="number of generated samples (default: 50k, as published)")
+    p.add_argument("--ref", type=Optional[str], default=None,
+                   help="reference images (folder, zip, CIFAR, MNIST); default: the run's training data")
+    p.add_argument("--ref_split", type=Optional[str], default=None, help="train or test, for CIFAR/MNIST references")
+    p.add_argument("--ref_samples", type=Optional[int], default=None, help="use only the first N reference images")
+    p.add_argument("--no_intra_fid", action="store_true", help="skip intra-FID for conditional models")
+    p.add_argument("--raw", action="store_true", help="score the raw generator instead of its EMA")
+    p.add_argument("--truncation", type=Optional[float], default=None, help="truncation trick threshold")
+    p.add_argument("--seed", type=int, default=0, help="seed for z and labels")
+    _add_inception_args(p)
+    return p
+
+
+def _score_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="sagan score", description="IS of A, and FID and KID of image set A against reference "
+                       "set B, with the same pipeline as sagan eval.", exit_on_error=False, default_env=False)
+    p.add_argument("a", type=str, help="images to score: a folder or zip")
+    p.add_argument("b", type=str, help="reference images: a folder, zip, CIFAR or MNIST source")
+    p.add_argument("--resolution", type=Optional[int], default=None,
+                   help="size both sets are resized and centre-cropped to (default: A's first image)")
+    _add_inception_args(p)
+    return p
+
+
+PARSERS = {"train": _train_parser, "sample": _sample_parser, "export": _export_parser,
+           "eval": _eval_parser, "score": _score_parser}
 
 
 def _explain(err: Exception) -> str:
@@ -268,6 +313,81 @@ def cmd_export(argv: list[str]) -> int:
     return 0
 
 
+def _report(res: dict, json_path: Path | None, extra_paths: list[Path]) -> None:
+    from .metrics import format_table
+
+    print(format_table(res))
+    text = json.dumps(res, indent=2)
+    print(text)
+    for path in ([json_path] if json_path else []) + extra_paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+        info(f"wrote {path}")
+
+
+def _extractor(weights: str | None, device):
+    from .metrics import InceptionExtractor
+
+    return InceptionExtractor(weights, device=device), InceptionExtractor.name
+
+
+def cmd_eval(argv: list[str]) -> int:
+    ns = _parse(_eval_parser(), argv)
+    from .checkpoints import CheckpointManager
+    from .data import open_dataset
+    from .distributed import init_from_env, is_main
+    from .metrics import evaluate_generator
+    from .sampling import _resolve_checkpoint, load_generator
+    from .training import resolve_device
+
+    src = Path(ns.source)
+    if src.suffix == ".safetensors":
+        raise UserError("sagan eval takes a run directory or checkpoint (it needs the run's config and data)")
+    if ns.n < 2:
+        raise UserError("--n must be at least 2")
+    device = init_from_env(resolve_device(ns.device))  # under torchrun: one share of the samples per rank
+    ckpt_path, state = _resolve_checkpoint(src)
+    extractor, name = _extractor(ns.inception_weights, device)  # fail early when the weights are missing
+    G = load_generator(ckpt_path, device=device, ema=not ns.raw)
+    cfg = config_from_dict(state["config"])
+    ref = ns.ref if ns.ref is not None else cfg.data
+    data = open_dataset(ref, cfg.model.resolution, cfg.model.img_channels,
+                        ns.ref_split or (cfg.dataset.split if ns.ref is None else "train"))
+    res = evaluate_generator(G, data, n=ns.n, extractor=extractor, extractor_name=name, batch_size=ns.batch_size,
+                             seed=ns.seed, intra_fid=not ns.no_intra_fid, truncation=ns.truncation,
+                             ref_limit=ns.ref_samples)
+    res.update(step=int(state["step"]), checkpoint=str(ckpt_path), generator="raw" if ns.raw else "ema")
+    if not is_main():
+        return 0
+    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else None
+    extra = []
+    if run_dir is not None and CheckpointManager(ckpt_path.parent).paths():
+        tag = f"step{res['step']:08d}_{res['generator']}_n{ns.n}" + (f"_trunc{ns.truncation}" if ns.truncation else "")
+        extra.append(run_dir / "eval" / f"{tag}.json")
+    _report(res, Path(ns.json) if ns.json else None, extra)
+    return 0
+
+
+def cmd_score(argv: list[str]) -> int:
+    ns = _parse(_score_parser(), argv)
+    from .data import open_dataset, peek_resolution
+    from .distributed import init_from_env, is_main
+    from .metrics import evaluate_folders
+    from .training import resolve_device
+
+    device = init_from_env(resolve_device(ns.device))
+    res_px = ns.resolution or peek_resolution(ns.a)
+    a = open_dataset(ns.a, res_px, 3)
+    b = open_dataset(ns.b, res_px, 3)
+    extractor, name = _extractor(ns.inception_weights, device)
+    res = evaluate_folders(a, b, extractor, name, batch_size=ns.batch_size)
+    res["scored"] = str(ns.a)
+    if not is_main():
+        return 0
+    _report(res, Path(ns.json) if ns.json else None, [])
+    return 0
+
+
 def _usage() -> str:
     lines = ["usage: sagan COMMAND [options]   (sagan COMMAND --help for its options)", "", "commands:"]
     lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
@@ -281,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     cmd, rest = argv[0], argv[1:]
-    handlers = {"train": cmd_train, "sample": cmd_sample, "export": cmd_export}
+    handlers = {"train": cmd_train, "sample": cmd_sample, "export": cmd_export, "eval": cmd_eval, "score": cmd_score}
     if cmd not in handlers:
         import difflib
 
@@ -297,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        from .distributed import cleanup
+
+        cleanup()  # leave a torchrun process group cleanly
 
 
 if __name__ == "__main__":

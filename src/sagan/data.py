@@ -369,6 +369,24 @@ def _available_memory() -> int:
         return 8 << 30
 
 
+def peek_resolution(path: str | os.PathLike) -> int:
+    """The shorter side of the first image of a folder or zip (for scoring sets at their own size)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise UserError(f"{root} does not exist")
+    if _array_kind(root) is not None:
+        return 32 if _array_kind(root) == "cifar" else 28
+    files = _Files(root)
+    for n in files.names:
+        if _is_image(n):
+            try:
+                with Image.open(files.open(n)) as im:
+                    return min(im.size)
+            except Exception:
+                continue
+    raise UserError(f"no readable image in {root}")
+
+
 def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1)))
 

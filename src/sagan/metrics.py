@@ -1,0 +1,398 @@
+"""Inception Score, FID, KID and intra-FID, computed the way published numbers are.
+
+Features come from torch-fidelity's port of the TensorFlow Inception network
+(``inception-v3-compat``: 2048-d pool features and the 1008-way ``logits_unbiased``), which
+reproduces TF1's bilinear resize to 299x299. The features-to-metric steps are torch-fidelity's
+own functions (``fid_statistics_to_metric``, ``isc_features_to_metric``,
+``kid_features_to_metric``), called directly on uint8 image batches; its generator-wrapper
+path is not used (it breaks on NumPy 2).
+
+Any callable taking a uint8 (N, 3, H, W) batch and returning ``(pool, logits)`` can stand in
+for Inception (``extractor=``), which is how the tests run offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .console import UserError, info
+from .distributed import comm_device, rank_world
+
+__all__ = [
+    "WEIGHTS_FILE",
+    "WEIGHTS_ENV",
+    "resolve_inception_weights",
+    "InceptionExtractor",
+    "Features",
+    "extract",
+    "fid_from_features",
+    "inception_score",
+    "kid",
+    "compute_metrics",
+]
+
+WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + WEIGHTS_FILE
+WEIGHTS_ENV = "SAGAN_INCEPTION_WEIGHTS"
+OFFLINE_ENV = "SAGAN_OFFLINE"
+
+Extractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _hub_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
+
+
+def resolve_inception_weights(path: str | os.PathLike | None = None, download: bool | None = None) -> Path:
+    """Find the TF-Inception weights: ``path``, else ``$SAGAN_INCEPTION_WEIGHTS``, else the torch
+    hub cache. If none exists, download into the hub cache (15 s network timeout) unless
+    ``download`` is False or ``$SAGAN_OFFLINE`` is set. Raises one clear UserError otherwise."""
+    where = f"{_hub_path()}"
+    hint = (f"download {WEIGHTS_URL} and pass --inception-weights PATH, set {WEIGHTS_ENV}=PATH, "
+            f"or put the file at {where}")
+    for given, origin in ((path, "--inception-weights"), (os.environ.get(WEIGHTS_ENV), WEIGHTS_ENV)):
+        if given:
+            p = Path(given).expanduser()
+            if not p.is_file():
+                raise UserError(f"Inception weights not found at {p} (from {origin}); {hint}")
+            return p
+    if _hub_path().is_file():
+        return _hub_path()
+    if download is None:
+        download = not os.environ.get(OFFLINE_ENV)
+    if not download:
+        raise UserError(f"Inception weights {WEIGHTS_FILE} not found and downloads are off; {hint}")
+    info(f"downloading {WEIGHTS_FILE} to {where}")
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        _hub_path().parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(WEIGHTS_URL, str(_hub_path()), progress=True)
+    except Exception as e:
+        raise UserError(f"Inception weights {WEIGHTS_FILE} not found and the download failed "
+                        f"({type(e).__name__}); {hint}") from None
+    finally:
+        socket.setdefaulttimeout(old)
+    return _hub_path()
+
+
+class InceptionExtractor:
+    """TF-Inception features through torch-fidelity: ``(pool 2048-d, logits 1008-d)``."""
+
+    name = "tf-inception-v3-compat"
+
+    def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        path = resolve_inception_weights(weights)
+        self.net = FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
+        ).to(device).eval()
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pool, logits = self.net(images.to(self.device))
+        return pool, logits
+
+
+@dataclass
+class Features:
+    """Features of a set of images: pool features (N, D), logits (N, K) and labels (N,)."""
+
+    pool: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+    def of_class(self, k: int) -> torch.Tensor:
+        return self.pool[self.labels == k]
+
+
+def _to_rgb_uint8(images: torch.Tensor) -> torch.Tensor:
+    if images.dtype != torch.uint8:
+        raise TypeError("the extractor takes uint8 images")
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def extract(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], extractor: Extractor, total: int | None = None,
+            desc: str = "features", progress: bool = True) -> Features:
+    """Run ``extractor`` over ``(uint8 images, labels)`` batches; features are kept in float64 on the CPU."""
+    pools, logits, labels = [], [], []
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
+    for x, y in batches:
+        p, lg = extractor(_to_rgb_uint8(x))
+        pools.append(p.detach().double().cpu())
+        logits.append(lg.detach().double().cpu())
+        labels.append(torch.as_tensor(y).long().cpu())
+        bar.update(len(x))
+    bar.close()
+    return Features(torch.cat(pools), torch.cat(logits), torch.cat(labels))
+
+
+def _my_batches(n: int, batch_size: int) -> list[tuple[int, int, int]]:
+    """This rank's share of ``n`` items in batches: (batch index, start, size) for batches
+    rank, rank + world, ... so that every rank's work is a fixed function of the batch index."""
+    return _batches_of(*rank_world(), n, batch_size)
+
+
+def _batch_seed(seed: int, b: int) -> int:
+    return (seed * 0x9E3779B1 + b * 0x85EBCA77 + 1) % (1 << 62)
+
+
+@torch.no_grad()
+def generator_batches(G, n: int, batch_size: int = 250, seed: int = 0, classes: torch.Tensor | None = None,
+                      truncation: float | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 samples of ``G`` with their labels, in batches. ``classes`` fixes every sample's
+    label (else uniform random labels for a conditional G). Batch ``b`` depends only on
+    ``seed`` and ``b``, so under torchrun each rank draws its share of the very samples that
+    a single process would draw."""
+    from .sampling import to_uint8
+
+    for b, i, m in _my_batches(n, batch_size):
+        gen = torch.Generator().manual_seed(_batch_seed(seed, b))
+        if classes is not None:
+            y = classes[i : i + m]
+        elif G.num_classes > 0:
+            y = torch.randint(0, G.num_classes, (m,), generator=gen)
+        else:
+            y = torch.zeros(m, dtype=torch.long)
+        imgs = G.sample(m, y=y if G.num_classes > 0 else None, seed=int(torch.randint(0, 2**62, (1,), generator=gen)),
+                        truncation=truncation, batch_size=m)
+        yield to_uint8(imgs), y
+
+
+def data_batches(data, batch_size: int = 250, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 batches of an :class:`sagan.data.ImageData`, in order (the first ``limit`` images);
+    under torchrun, this rank's share of them."""
+    n = len(data) if limit is None else min(limit, len(data))
+    mine = _my_batches(n, batch_size)
+    if data.images is not None:
+        for _, i, m in mine:
+            yield data.images[i : i + m], data.labels[i : i + m]
+        return
+    if not mine:
+        return
+    loader = torch.utils.data.DataLoader(data, batch_sampler=[list(range(i, i + m)) for _, i, m in mine],
+                                         num_workers=min(8, os.cpu_count() or 1))
+    yield from loader
+
+
+def _gather(feats: Features, n: int, batch_size: int) -> Features:
+    """Put every rank's share back together, in the order one process would have produced."""
+    rank, world = rank_world()
+    if world == 1:
+        return feats
+    import torch.distributed as dist
+
+    dev = comm_device()
+    rows = max(sum(m for _, _, m in _batches_of(r, world, n, batch_size)) for r in range(world))
+    out = []
+    for t in (feats.pool.float(), feats.logits.float(), feats.labels.double().unsqueeze(1)):
+        padded = torch.zeros(rows, t.shape[1], device=dev)
+        padded[: len(t)] = t.to(dev, torch.float32)
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        by_batch = {}
+        for r, part in enumerate(parts):
+            at = 0
+            for b, _, m in _batches_of(r, world, n, batch_size):
+                by_batch[b] = part[at : at + m].cpu()
+                at += m
+        out.append(torch.cat([by_batch[b] for b in sorted(by_batch)]))
+    return Features(out[0].double(), out[1].double(), out[2].squeeze(1).long())
+
+
+def _batches_of(rank: int, world: int, n: int, batch_size: int) -> list[tuple[int, int, int]]:
+    return [(b, b * batch_size, min(batch_size, n - b * batch_size)) for b in range(rank, -(-n // batch_size), world)]
+
+
+# ---------------------------------------------------------------------------- the metrics
+
+
+def fid_from_features(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (torch-fidelity's formula)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    if len(a) < 2 or len(b) < 2:
+        raise UserError("FID needs at least 2 samples on each side")
+    out = fid_statistics_to_metric(fid_features_to_statistics(a.double()), fid_features_to_statistics(b.double()), False)
+    return float(out["frechet_inception_distance"])
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """IS mean and std over ``splits`` (torch-fidelity's formula, which applies the softmax)."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    out = isc_features_to_metric(logits.double(), splits=splits, shuffle=True, rng_seed=2020)
+    return float(out["inception_score_mean"]), float(out["inception_score_std"])
+
+
+def kid(a: torch.Tensor, b: torch.Tensor, subsets: int = 100, subset_size: int = 1000) -> tuple[float, float]:
+    """Unbiased KID (polynomial kernel of degree 3), mean and std over random subsets."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    size = min(subset_size, len(a), len(b))
+    out = kid_features_to_metric(a.float(), b.float(), kid_subsets=subsets, kid_subset_size=size, verbose=False,
+                                 kid_kernel="poly", kid_degree=3, kid_gamma=None, kid_coef0=1, rng_seed=2020)
+    return float(out["kernel_inception_distance_mean"]), float(out["kernel_inception_distance_std"])
+
+
+def compute_metrics(fake: Features, real: Features, intra_fid: bool = True) -> dict[str, float]:
+    """IS of ``fake``; FID and KID of ``fake`` against ``real``; and, when both carry the same
+    classes, intra-FID: the mean over classes of the FID between same-class features."""
+    res: dict[str, float] = {}
+    res["is"], res["is_std"] = inception_score(fake.logits)
+    res["fid"] = fid_from_features(fake.pool, real.pool)
+    res["kid"], res["kid_std"] = kid(fake.pool, real.pool)
+    classes = sorted(set(real.labels.tolist()))
+    if intra_fid and len(classes) > 1:
+        per_class = []
+        for k in classes:
+            f, r = fake.of_class(k), real.of_class(k)
+            if len(f) < 2 or len(r) < 2:
+                raise UserError(f"intra-FID needs at least 2 samples of class {k} on each side")
+            per_class.append(fid_from_features(f, r))
+        res["intra_fid"] = float(np.mean(per_class))
+        res["intra_fid_per_class"] = per_class
+    res["n_fake"], res["n_real"] = len(fake.pool), len(real.pool)
+    return res
+
+
+# ---------------------------------------------------------------------------- reference cache
+
+
+def dataset_fingerprint(data) -> str:
+    """A content hash of a dataset as prepared (pixels and labels), for the statistics cache."""
+    h = hashlib.sha256()
+    h.update(f"{data.resolution}:{data.channels}:{len(data)}".encode())
+    if data.images is not None:
+        h.update(data.images.numpy().tobytes())
+    else:  # too large to hash the pixels: names, sizes and mtimes of the files
+        h.update(str(data.source).encode())
+        for n in data._names:
+            h.update(n.encode())
+        try:
+            st = os.stat(data.source)
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        except OSError:
+            pass
+    h.update(data.labels.numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SAGAN_CACHE", Path.home() / ".cache" / "torch-sagan"))
+
+
+def _broadcast(obj):
+    """rank 0's ``obj`` on every rank (itself outside torchrun)."""
+    if rank_world()[1] == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=comm_device())
+    return box[0]
+
+
+def reference_features(data, extractor: Extractor, extractor_name: str, limit: int | None = None,
+                       batch_size: int = 250, progress: bool = True) -> tuple[Features | None, bool]:
+    """Features of the reference set, cached on disk by content, resolution and extractor.
+    Returns (features, True if they came from the cache). Under torchrun every rank extracts
+    its share; the features are returned on rank 0 only (None elsewhere) when cached."""
+    key = hashlib.sha256(f"{dataset_fingerprint(data)}:{limit}:{extractor_name}".encode()).hexdigest()[:24]
+    path = cache_dir() / "reference" / f"{key}.pt"
+    main = rank_world()[0] == 0
+    cached = None
+    if main and path.is_file():
+        try:
+            d = torch.load(path, weights_only=True)
+            cached = Features(d["pool"].double(), d["logits"].double(), d["labels"])
+        except Exception:
+            cached = None  # a damaged cache entry is recomputed
+    if _broadcast(cached is not None):
+        return cached, True
+    n = len(data) if limit is None else min(limit, len(data))
+    feats = extract(data_batches(data, batch_size, limit), extractor, total=-(-n // rank_world()[1]),
+                    desc="reference features", progress=progress and main)
+    feats = _gather(feats, n, batch_size)
+    if main:
+        from .checkpoints import atomic_save
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save({"pool": feats.pool.float(), "logits": feats.logits[:, :0].float(), "labels": feats.labels,
+                     "meta": json.dumps({"source": str(data.source), "n": n, "extractor": extractor_name})}, path)
+    return feats, False
+
+
+# ---------------------------------------------------------------------------- whole evaluations
+
+
+def evaluate_generator(G, reference, n: int = 50_000, extractor: Extractor | None = None,
+                       extractor_name: str | None = None, batch_size: int = 250, seed: int = 0,
+                       intra_fid: bool = True, truncation: float | None = None, ref_limit: int | None = None,
+                       progress: bool = True) -> dict:
+    """Score ``G`` (pass the EMA generator) against ``reference`` (an
+    :class:`sagan.data.ImageData`); G runs in eval mode and is left as it was. Conditional
+    generators get class-balanced samples so that intra-FID compares equal numbers per class.
+    Under torchrun, each rank generates and embeds its share of the samples, and every rank
+    returns the same dict of metrics."""
+    if extractor is None:
+        device = next(G.parameters()).device
+        extractor, extractor_name = InceptionExtractor(device=device), InceptionExtractor.name
+    extractor_name = extractor_name or getattr(extractor, "name", type(extractor).__name__)
+    main = rank_world()[0] == 0
+    cond = G.num_classes > 0 and reference.num_classes == G.num_classes
+    classes = (torch.arange(n) * G.num_classes // n) if G.num_classes > 0 else None
+    was_training = G.training
+    G.eval()
+    try:
+        fake = extract(generator_batches(G, n, batch_size, seed, classes, truncation), extractor,
+                       total=-(-n // rank_world()[1]), desc="generated features", progress=progress and main)
+    finally:
+        G.train(was_training)
+    fake = _gather(fake, n, batch_size)
+    real, cached = reference_features(reference, extractor, extractor_name, ref_limit, batch_size, progress)
+    res = None
+    if main:
+        res = compute_metrics(fake, real, intra_fid=intra_fid and cond)
+        res.update(reference=str(reference.source), reference_cached=cached, extractor=extractor_name,
+                   resolution=reference.resolution, truncation=truncation)
+    return _broadcast(res)
+
+
+def evaluate_folders(a, b, extractor: Extractor, extractor_name: str, batch_size: int = 250,
+                     progress: bool = True) -> dict:
+    """Score image set ``a`` (e.g. samples from another tool) against reference set ``b``,
+    both :class:`sagan.data.ImageData`, with the same pipeline as :func:`evaluate_generator`."""
+    main = rank_world()[0] == 0
+    fa = extract(data_batches(a, batch_size), extractor, total=-(-len(a) // rank_world()[1]),
+                 desc="features of A", progress=progress and main)
+    fa = _gather(fa, len(a), batch_size)
+    fb, cached = reference_features(b, extractor, extractor_name, None, batch_size, progress)
+    res = None
+    if main:
+        res = compute_metrics(fa, fb, intra_fid=False)
+        res.update(reference=str(b.source), reference_cached=cached, extractor=extractor_name, resolution=a.resolution)
+    return _broadcast(res)
+
+
+def format_table(res: dict) -> str:
+    """The headline metrics as an aligned text table."""
+    rows = [("IS", f"{res['is']:.3f} +- {res['is_std']:.3f}"), ("FID", f"{res['fid']:.3f}"),
+            ("KID", f"{res['kid']:.5f} +- {res['kid_std']:.5f}")]
+    if "intra_fid" in res:
+        rows.append(("intra-FID", f"{res['intra_fid']:.3f}"))
+    rows.append(("samples", f"{res['n_fake']:,} generated vs {res['n_real']:,} reference"))
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

@@ -1,0 +1,226 @@
+"""Metrics, offline: no Inception weights, a small stand-in extractor injected instead."""
+
+import json
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from sagan import metrics
+from sagan.console import UserError
+
+
+def _fd_reference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frechet distance by another route: sqrt of S1 through its eigendecomposition, then the
+    trace of sqrt(S1^1/2 S2 S1^1/2), a symmetric PSD matrix."""
+    a, b = a.double(), b.double()
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = torch.cov(a.T), torch.cov(b.T)
+    w, v = torch.linalg.eigh(s1)
+    r1 = v @ torch.diag(w.clamp(min=0).sqrt()) @ v.T
+    m = r1 @ s2 @ r1
+    tr = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
+    return float((mu1 - mu2).square().sum() + s1.trace() + s2.trace() - 2 * tr)
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero():
+    x = torch.randn(500, 16)
+    assert abs(metrics.fid_from_features(x, x)) < 1e-6
+
+
+def test_frechet_distance_matches_independent_computation():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(400, 12, generator=g) @ torch.randn(12, 12, generator=g)
+    b = torch.randn(300, 12, generator=g) * 2 + 1
+    assert metrics.fid_from_features(a, b) == pytest.approx(_fd_reference(a, b), rel=1e-6)
+
+
+def test_frechet_distance_of_diagonal_gaussians_matches_closed_form():
+    g = torch.Generator().manual_seed(1)
+    mu1, mu2 = torch.tensor([0.0, 1.0, -2.0, 0.5]), torch.tensor([1.0, 1.0, 0.0, 0.0])
+    s1, s2 = torch.tensor([1.0, 2.0, 0.5, 1.5]), torch.tensor([0.5, 2.0, 1.0, 3.0])
+    def unit(n):  # exact sample mean 0 and std 1 per dimension, so only the (second-order)
+        z = torch.randn(n, 4, generator=g, dtype=torch.float64)  # off-diagonal noise remains
+        return (z - z.mean(0)) / z.std(0)
+
+    a = mu1 + s1 * unit(100_000)
+    b = mu2 + s2 * unit(100_000)
+    closed = float((mu1 - mu2).square().sum() + (s1 - s2).square().sum())
+    assert metrics.fid_from_features(a, b) == pytest.approx(closed, abs=1e-3)
+
+
+def test_inception_score_bounds():
+    k = 10
+    constant = torch.zeros(1000, k)
+    constant[:, 3] = 50.0
+    assert metrics.inception_score(constant, splits=1)[0] == pytest.approx(1.0, abs=1e-6)
+    confident = torch.full((1000, k), -50.0)
+    confident[torch.arange(1000), torch.arange(1000) % k] = 50.0  # uniformly spread, confident
+    assert metrics.inception_score(confident, splits=1)[0] == pytest.approx(k, rel=1e-6)
+
+
+def test_kid_is_unbiased_near_zero_for_the_same_distribution():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(2000, 32, generator=g), torch.randn(2000, 32, generator=g)
+    same, _ = metrics.kid(a, b, subsets=50, subset_size=500)
+    shifted, _ = metrics.kid(a, b + 0.5, subsets=50, subset_size=500)
+    assert abs(same) < 2e-3 and shifted > 20 * abs(same) + 0.01
+
+
+class StandIn:
+    """A small fixed feature extractor: pooled pixels through fixed random projections."""
+
+    name = "stand-in-v1"
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(123)
+        self.proj = torch.randn(3 * 8 * 8, 24, generator=g)
+        self.head = torch.randn(24, 10, generator=g)
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor):
+        assert x.dtype == torch.uint8 and x.shape[1] == 3
+        self.calls += 1
+        f = torch.nn.functional.adaptive_avg_pool2d(x.float() / 255, 8).flatten(1) @ self.proj
+        return f, f @ self.head
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAGAN_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_whole_eval_path_with_a_stand_in_extractor(tiny_folder, cache):
+    from sagan.data import open_dataset
+    from sagan.models import Generator
+
+    data = open_dataset(tiny_folder, 32, workers=0, verbose=False)
+    G = Generator(32, ch=8, z_dim=8, num_classes=2, attn=[16]).eval()
+    ex = StandIn()
+    res = metrics.evaluate_generator(G, data, n=40, extractor=ex, batch_size=16, progress=False)
+    assert res["reference_cached"] is False and res["n_fake"] == 40 and res["n_real"] == 32
+    assert res["fid"] > 0 and res["is"] >= 1 and len(res["intra_fid_per_class"]) == 2
+    assert res["intra_fid"] == pytest.approx(np.mean(res["intra_fid_per_class"]))
+    calls = ex.calls
+    again = metrics.evaluate_generator(G, data, n=40, extractor=ex, batch_size=16, progress=False)
+    assert again["reference_cached"] is True and ex.calls == calls + 3  # only the 40 samples, not the data
+    assert again["fid"] == pytest.approx(res["fid"])
+    json.dumps(res)  # the results are plain JSON
+    # the data scored against itself: FID ~ 0
+    self_score = metrics.evaluate_folders(data, data, ex, ex.name, progress=False)
+    assert abs(self_score["fid"]) < 1e-6
+
+
+def test_missing_weights_error_without_network(tmp_path, monkeypatch):
+    def no_network(*a, **k):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(metrics.WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("SAGAN_OFFLINE", "1")
+    with pytest.raises(UserError, match=metrics.WEIGHTS_FILE) as e:
+        metrics.resolve_inception_weights()
+    assert "--inception-weights" in str(e.value) and str(tmp_path / "torch") in str(e.value)
+    with pytest.raises(UserError, match="not found at"):
+        metrics.resolve_inception_weights(tmp_path / "nope.pth")
+    monkeypatch.setenv(metrics.WEIGHTS_ENV, str(tmp_path / "also-nope.pth"))
+    with pytest.raises(UserError, match=metrics.WEIGHTS_ENV):
+        metrics.resolve_inception_weights()
+
+
+def test_eval_command_reports_missing_weights_in_one_line(trained_run, monkeypatch, capsys, tmp_path):
+    from sagan.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("SAGAN_OFFLINE", "1")
+    monkeypatch.delenv(metrics.WEIGHTS_ENV, raising=False)
+    assert main(["eval", str(trained_run), "--n", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Inception weights") and "Traceback" not in err
+
+
+def test_eval_command_with_stand_in_writes_json(trained_run, monkeypatch, capsys, cache):
+    from sagan.cli import main
+
+    monkeypatch.setattr(metrics, "InceptionExtractor", lambda weights=None, device="cpu": StandIn())
+    metrics.InceptionExtractor.name = "stand-in-v1"
+    assert main(["eval", str(trained_run), "--n", "20", "--batch_size", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "FID" in out and "intra-FID" in out
+    files = list((trained_run / "eval").glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["n_fake"] == 20
+
+
+def test_inception_extractor_wiring_with_random_weights(tmp_path, monkeypatch):
+    """torch-fidelity's TF-Inception, built from a weights file of the right shape (random
+    values, since the real file cannot be downloaded here): uint8 in, 2048-d pool and 1008
+    logits out, and grayscale batches are expanded to RGB on the way in."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    monkeypatch.setattr(torch, "load", lambda *a, **k: {})
+    monkeypatch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=__file__)
+    monkeypatch.undo()
+    weights = tmp_path / metrics.WEIGHTS_FILE
+    torch.save(net.state_dict(), weights)
+    monkeypatch.setenv(metrics.WEIGHTS_ENV, str(weights))
+    ex = metrics.InceptionExtractor()
+    gray = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    feats = metrics.extract([(gray, torch.zeros(3))], ex, progress=False)
+    assert feats.pool.shape == (3, 2048) and feats.logits.shape == (3, 1008)
+    # the pool features are what the network computes on the RGB-expanded batch
+    ref = net(gray.expand(-1, 3, -1, -1))[0]
+    torch.testing.assert_close(feats.pool.float(), ref)
+
+
+_SHARDED = r"""
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from test_metrics import StandIn
+from sagan import metrics
+from sagan.data import open_dataset
+from sagan.distributed import init_from_env, cleanup, rank_world
+from sagan.models import Generator
+
+init_from_env(torch.device("cpu"))
+torch.manual_seed(0)
+G = Generator(32, ch=8, z_dim=8, num_classes=2, attn=[16])
+data = open_dataset(sys.argv[2], 32, workers=0, verbose=False)
+res = metrics.evaluate_generator(G, data, n=37, extractor=StandIn(), batch_size=5, progress=False)
+rank, world = rank_world()
+json.dump({"world": world, "fid": res["fid"], "is": res["is"], "kid": res["kid"],
+           "intra_fid": res["intra_fid"]}, open(f"{sys.argv[3]}.{rank}.json", "w"))
+cleanup()
+"""
+
+
+def test_torchrun_shards_the_samples_and_gathers_the_same_features(tiny_folder, tmp_path, monkeypatch):
+    """Two gloo processes under torchrun score exactly what one process scores: each rank
+    generates and embeds its share, and the gathered features are put back in order."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "sharded.py"
+    script.write_text(_SHARDED)
+    tests_dir = str(Path(__file__).parent)
+    env = {**os.environ, "SAGAN_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    for world in (1, 2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world),
+               str(script), tests_dir, str(tiny_folder), str(tmp_path / f"w{world}")]
+        if world == 1:
+            cmd = [sys.executable, str(script), tests_dir, str(tiny_folder), str(tmp_path / "w1")]
+        run = subprocess.run(cmd, env=env if world == 2 else {**env, "SAGAN_CACHE": str(tmp_path / "cache1")},
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+    one = json.loads((tmp_path / "w1.0.json").read_text())
+    two = [json.loads((tmp_path / f"w2.{r}.json").read_text()) for r in (0, 1)]
+    assert one["world"] == 1 and two[0]["world"] == 2
+    assert two[0] == two[1]  # every rank returns the same result
+    for k in ("fid", "is", "kid", "intra_fid"):
+        assert two[0][k] == pytest.approx(one[k], rel=1e-6, abs=1e-9), k
