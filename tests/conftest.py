@@ -36,6 +36,12 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Reference statistics go to a temporary cache, never the user's ~/.cache."""
+    monkeypatch.setenv("SAGAN_CACHE", str(tmp_path_factory.getbasetemp() / "sagan-cache"))
+
+
 PYTHON = sys.executable
 
 

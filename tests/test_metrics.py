@@ -9,6 +9,7 @@ import torch
 
 from sagan import metrics
 from sagan.console import UserError
+from standin import StandIn
 
 
 def _fd_reference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -66,24 +67,6 @@ def test_kid_is_unbiased_near_zero_for_the_same_distribution():
     same, _ = metrics.kid(a, b, subsets=50, subset_size=500)
     shifted, _ = metrics.kid(a, b + 0.5, subsets=50, subset_size=500)
     assert abs(same) < 2e-3 and shifted > 20 * abs(same) + 0.01
-
-
-class StandIn:
-    """A small fixed feature extractor: pooled pixels through fixed random projections."""
-
-    name = "stand-in-v1"
-
-    def __init__(self):
-        g = torch.Generator().manual_seed(123)
-        self.proj = torch.randn(3 * 8 * 8, 24, generator=g)
-        self.head = torch.randn(24, 10, generator=g)
-        self.calls = 0
-
-    def __call__(self, x: torch.Tensor):
-        assert x.dtype == torch.uint8 and x.shape[1] == 3
-        self.calls += 1
-        f = torch.nn.functional.adaptive_avg_pool2d(x.float() / 255, 8).flatten(1) @ self.proj
-        return f, f @ self.head
 
 
 @pytest.fixture
@@ -180,7 +163,7 @@ def test_inception_extractor_wiring_with_random_weights(tmp_path, monkeypatch):
 _SHARDED = r"""
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
-from test_metrics import StandIn
+from standin import StandIn
 from sagan import metrics
 from sagan.data import open_dataset
 from sagan.distributed import init_from_env, cleanup, rank_world

@@ -99,3 +99,60 @@ def test_all_presets_load_and_cite_sources():
         assert cfg.model.resolution in (32, 64, 128, 256)
         text = preset_path(name).read_text()
         assert text.lstrip().startswith("#"), f"preset {name} must say where its numbers come from"
+
+
+def _eval_records(run):
+    import json
+
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("eval")]
+
+
+def test_evaluation_during_training_logs_metrics_keeps_best_and_leaves_training_unchanged(tiny_folder, tmp_path):
+    from standin import StandIn
+
+    plain = Trainer(tiny_config(tiny_folder, steps=6, ckpt_every=100), tmp_path / "plain", progress=False)
+    plain.fit()
+    ev = dict(eval_every=2, eval_samples=20, eval_batch_size=8)
+    scored = Trainer(tiny_config(tiny_folder, steps=6, ckpt_every=100, **ev), tmp_path / "scored",
+                     progress=False, extractor=StandIn())
+    scored.fit()
+    a, b = plain.state_dict(), scored.state_dict()
+    for net in ("G", "D", "G_ema"):  # scoring consumed no training randomness and moved no buffer
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), (net, k)
+    recs = _eval_records(tmp_path / "scored")
+    assert [r["step"] for r in recs] == [2, 4, 6]
+    assert all(r["fid"] > 0 and r["is"] >= 1 and "intra_fid" in r and r["eval_samples"] == 20 for r in recs)
+    fids = [r["fid"] for r in recs]
+    assert [r["best_fid"] for r in recs] == [min(fids[: i + 1]) for i in range(3)]
+    best = torch.load(tmp_path / "scored" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] == recs[fids.index(min(fids))]["step"] and best["best_fid"] == min(fids)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "scored" / "tb")).Reload()
+    assert [e.step for e in acc.Scalars("eval/FID")] == [2, 4, 6]
+    assert [e.value for e in acc.Scalars("eval/FID")] == pytest.approx(fids)
+
+
+def test_best_fid_survives_resume(tiny_folder, tmp_path):
+    from standin import StandIn
+
+    ev = dict(eval_every=2, eval_samples=20, eval_batch_size=8, ckpt_every=2)
+    Trainer(tiny_config(tiny_folder, steps=6, **ev), tmp_path / "a", progress=False, extractor=StandIn()).fit()
+    Trainer(tiny_config(tiny_folder, steps=4, **ev), tmp_path / "b", progress=False, extractor=StandIn()).fit()
+    resumed = Trainer(tiny_config(tiny_folder, steps=6, **ev), tmp_path / "b", progress=False, extractor=StandIn())
+    assert resumed.best_fid == min(r["fid"] for r in _eval_records(tmp_path / "b"))
+    resumed.fit()
+    straight, split = _eval_records(tmp_path / "a"), _eval_records(tmp_path / "b")
+    for r in straight + split:
+        r.pop("eval_seconds")
+    assert split == straight  # same scores and the same running best, across the restart
+
+
+def test_missing_inception_weights_stop_training_before_it_starts(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("SAGAN_OFFLINE", "1")
+    monkeypatch.delenv("SAGAN_INCEPTION_WEIGHTS", raising=False)
+    with pytest.raises(UserError, match="Inception weights"):
+        Trainer(tiny_config(tiny_folder, eval_every=2), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing was written

@@ -20,6 +20,7 @@ from .console import UserError, warn
 __all__ = ["atomic_save", "load_checkpoint", "CheckpointManager"]
 
 _NAME = re.compile(r"^ckpt_(\d{8,})\.pt$")
+BEST_NAME = "best.pt"
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -76,6 +77,16 @@ class CheckpointManager:
         for old in self.paths()[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
+
+    @property
+    def best_path(self) -> Path:
+        return self.folder / BEST_NAME
+
+    def save_best(self, state: dict[str, Any]) -> Path:
+        """Write ``best.pt`` (never pruned; numbered checkpoints are counted separately)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_save(state, self.best_path)
+        return self.best_path
 
     def latest(self, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
         """The newest readable checkpoint; unreadable newer ones are skipped with a warning."""

@@ -126,6 +126,17 @@ class TrainConfig:
     """Images per row of the sample grid (one row per class for conditional models)."""
     grid_max_rows: int = 10
     """At most this many rows (classes) in the sample grid."""
+    eval_every: int = 0
+    """Compute IS, FID, KID (and intra-FID) of the EMA G every N steps and at the end, logged to
+    metrics.jsonl and TensorBoard, keeping checkpoints/best.pt by FID (0: never)."""
+    eval_samples: int = 10_000
+    """Generated samples per evaluation during training (sagan eval defaults to 50k for final figures)."""
+    eval_batch_size: int = 250
+    """Images per generator/Inception batch during evaluation."""
+    eval_reference: Optional[str] = None
+    """Reference images for evaluation (null: the training data)."""
+    inception_weights: Optional[str] = None
+    """Local TF-Inception weights file (null: $SAGAN_INCEPTION_WEIGHTS or the torch hub cache)."""
 
 
 @dataclass
@@ -152,6 +163,11 @@ RESUMABLE_KEYS = {
     "train.keep_ckpts",
     "train.grid_columns",
     "train.grid_max_rows",
+    "train.eval_every",
+    "train.eval_samples",
+    "train.eval_batch_size",
+    "train.eval_reference",
+    "train.inception_weights",
 }
 
 

@@ -49,6 +49,9 @@ def validate_config(cfg: RunConfig) -> None:
         (0.0 <= t.ema_decay < 1.0, "train.ema_decay must lie in [0, 1)"),
         (min(t.log_every, t.sample_every, t.ckpt_every, t.keep_ckpts) >= 1,
          "train.log_every, sample_every, ckpt_every and keep_ckpts must be >= 1"),
+        (t.eval_every >= 0, "train.eval_every must be >= 0 (0 turns evaluation off)"),
+        (t.eval_every == 0 or (t.eval_samples >= 2 and t.eval_batch_size >= 1),
+         "train.eval_samples must be >= 2 and train.eval_batch_size >= 1"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -85,6 +88,9 @@ class Trainer:
     If ``run_dir`` already holds a run, training resumes from its latest checkpoint, provided the
     config matches (``steps`` and logging intervals may change); ``overwrite=True`` starts over,
     deleting the run's files. ``data`` may pass an already opened :class:`ImageData`.
+    With ``train.eval_every`` set, the EMA generator is scored every so many steps with
+    torch-fidelity's TF-Inception (or with ``extractor``, any callable from uint8 images to
+    ``(features, logits)``), and ``checkpoints/best.pt`` keeps the state with the lowest FID.
 
     >>> Trainer(load_preset("demo"), "runs/demo").fit()  # doctest: +SKIP
     """
@@ -97,6 +103,7 @@ class Trainer:
         overwrite: bool = False,
         data: ImageData | None = None,
         progress: bool = True,
+        extractor=None,
     ):
         self.run_dir = Path(run_dir)
         self.device = resolve_device(device) if isinstance(device, str) else device
@@ -123,6 +130,9 @@ class Trainer:
         self.cfg = cfg
         if not overwrite:
             self._check_against_saved()
+        self.extractor, self.extractor_name, self.eval_data = None, None, None
+        if cfg.train.eval_every:  # fail now, not hours in, when the weights or the reference are missing
+            self._setup_eval(extractor)
 
         t = cfg.train
         torch.manual_seed(t.seed)
@@ -139,6 +149,7 @@ class Trainer:
         self.ckpts = CheckpointManager(self.run_dir / CKPT_DIR, t.keep_ckpts)
         self.step = 0
         self.steps_run = 0
+        self.best_fid = math.inf
         self.stopped_by: str | None = None
         # everything is checked and built: only now touch the run directory
         if overwrite:
@@ -196,6 +207,7 @@ class Trainer:
             "opt_d": self.opt_d.state_dict(),
             "rng": rng,
             "data": self.stream.state_dict(),
+            "best_fid": self.best_fid,
             "config": config_to_dict(self.cfg),
         }
 
@@ -211,6 +223,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.stream.load_state_dict(state["data"])
         self.step = int(state["step"])
+        self.best_fid = float(state.get("best_fid", math.inf))
 
     def _resume(self) -> None:
         found = self.ckpts.latest(map_location=self.device)
@@ -308,6 +321,9 @@ class Trainer:
                         t0, imgs = time.perf_counter(), 0
                     if self.step % t.sample_every == 0 or end:
                         self._sample(grid_z, grid_y, writer)
+                    if t.eval_every and (self.step % t.eval_every == 0 or self.step == cfg.steps):
+                        self._check_finite()
+                        self._evaluate(writer, metrics_file)
                     if self.step % t.ckpt_every == 0 or end:
                         self._check_finite()
                         self.save_checkpoint()
@@ -355,6 +371,55 @@ class Trainer:
         for k, v in rec.items():
             if k.startswith("gamma/"):
                 writer.add_scalar(k, v, self.step)
+        return rec
+
+    # ------------------------------------------------------------------ evaluation
+    def _setup_eval(self, extractor) -> None:
+        t, m = self.cfg.train, self.cfg.model
+        if extractor is None:
+            from .metrics import InceptionExtractor
+
+            extractor = InceptionExtractor(t.inception_weights, device=self.device)
+        self.extractor = extractor
+        self.extractor_name = getattr(extractor, "name", type(extractor).__name__)
+        if t.eval_reference is None:
+            self.eval_data = self.data
+        else:
+            self.eval_data = open_dataset(t.eval_reference, m.resolution, m.img_channels, "train",
+                                          self.cfg.dataset.cache, self.cfg.dataset.workers, progress=self.progress)
+
+    def _evaluate(self, writer, metrics_file) -> dict:
+        """Score the EMA G, log the metrics and keep ``best.pt`` by FID. Global RNG states are
+        left untouched, so a run with evaluation trains exactly as one without."""
+        from .metrics import evaluate_generator
+
+        t = self.cfg.train
+        devices = [self.device] if self.device.type == "cuda" else []
+        started = time.perf_counter()
+        with torch.random.fork_rng(devices=devices):
+            res = evaluate_generator(self.ema.module, self.eval_data, n=t.eval_samples, extractor=self.extractor,
+                                     extractor_name=self.extractor_name, batch_size=t.eval_batch_size, seed=t.seed,
+                                     progress=False)
+        rec = {"step": self.step, "eval": True, "fid": res["fid"], "is": res["is"], "is_std": res["is_std"],
+               "kid": res["kid"], "kid_std": res["kid_std"], "eval_samples": res["n_fake"],
+               "extractor": res["extractor"], "eval_seconds": time.perf_counter() - started}
+        if "intra_fid" in res:
+            rec["intra_fid"] = res["intra_fid"]
+        improved = res["fid"] < self.best_fid
+        if improved:
+            self.best_fid = res["fid"]
+        rec["best_fid"] = self.best_fid
+        metrics_file.write(json.dumps(rec) + "\n")
+        metrics_file.flush()
+        for key, tag in (("fid", "FID"), ("is", "IS"), ("kid", "KID"), ("intra_fid", "intra_FID")):
+            if key in rec:
+                writer.add_scalar(f"eval/{tag}", rec[key], self.step)
+        writer.add_scalar("eval/best_FID", self.best_fid, self.step)
+        if improved:
+            self.ckpts.save_best(self.state_dict())
+        info(f"step {self.step:,}: FID {res['fid']:.2f}, IS {res['is']:.2f}"
+             + (f", intra-FID {res['intra_fid']:.2f}" if "intra_fid" in res else "")
+             + (" (best so far: saved checkpoints/best.pt)" if improved else f" (best {self.best_fid:.2f})"))
         return rec
 
     @torch.no_grad()
