@@ -129,13 +129,12 @@ def test_eval_command_reports_missing_weights_in_one_line(trained_run, monkeypat
 def test_eval_command_with_stand_in_writes_json(trained_run, monkeypatch, capsys, cache):
     from sagan.cli import main
 
-    monkeypatch.setattr(metrics, "InceptionExtractor", lambda weights=None, device="cpu": StandIn())
-    metrics.InceptionExtractor.name = "stand-in-v1"
+    monkeypatch.setattr(metrics, "InceptionExtractor", _StandInFactory)
     assert main(["eval", str(trained_run), "--n", "20", "--batch_size", "10"]) == 0
     out = capsys.readouterr().out
     assert "FID" in out and "intra-FID" in out
     files = list((trained_run / "eval").glob("*.json"))
-    assert len(files) == 1 and json.loads(files[0].read_text())["n_fake"] == 20
+    assert [json.loads(f.read_text())["n_fake"] for f in files].count(20) == 1
 
 
 def test_inception_extractor_wiring_with_random_weights(tmp_path, monkeypatch):
@@ -207,3 +206,44 @@ def test_torchrun_shards_the_samples_and_gathers_the_same_features(tiny_folder, 
     assert two[0] == two[1]  # every rank returns the same result
     for k in ("fid", "is", "kid", "intra_fid"):
         assert two[0][k] == pytest.approx(one[k], rel=1e-6, abs=1e-9), k
+
+
+def test_eval_never_overwrites_an_earlier_result(trained_run, monkeypatch, capsys, cache):
+    from sagan.cli import main
+
+    monkeypatch.setattr(metrics, "InceptionExtractor", _StandInFactory)
+    before = set((trained_run / "eval").glob("*.json")) if (trained_run / "eval").exists() else set()
+    for _ in range(2):
+        assert main(["eval", str(trained_run), "--n", "12", "--batch_size", "6"]) == 0
+    new = set((trained_run / "eval").glob("*.json")) - before
+    assert len(new) == 2 and all(json.loads(p.read_text())["n_fake"] == 12 for p in new)
+
+
+def test_score_command_scores_one_folder_against_another(tiny_folder, tmp_path, monkeypatch, capsys, cache):
+    """sagan score: samples from another tool (a flat folder) against a reference folder."""
+    from PIL import Image
+
+    from sagan.cli import main
+
+    other = tmp_path / "other"
+    other.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(other / f"{i}.png")
+    monkeypatch.setattr(metrics, "InceptionExtractor", _StandInFactory)
+    out = tmp_path / "score.json"
+    assert main(["score", str(other), str(tiny_folder), "--json", str(out)]) == 0
+    noise = json.loads(out.read_text())
+    assert noise["n_fake"] == 12 and noise["n_real"] == 32 and "intra_fid" not in noise
+    assert main(["score", str(tiny_folder), str(tiny_folder), "--json", str(out)]) == 0
+    same = json.loads(out.read_text())
+    assert abs(same["fid"]) < 1e-6 < noise["fid"] and same["reference_cached"] is True
+    assert main(["score", str(tmp_path / "missing"), str(tiny_folder)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+class _StandInFactory(StandIn):
+    """Takes InceptionExtractor's arguments, so it can replace the class itself."""
+
+    def __init__(self, weights=None, device="cpu"):
+        super().__init__()

@@ -363,7 +363,11 @@ def cmd_eval(argv: list[str]) -> int:
     extra = []
     if run_dir is not None and CheckpointManager(ckpt_path.parent).paths():
         tag = f"step{res['step']:08d}_{res['generator']}_n{ns.n}" + (f"_trunc{ns.truncation}" if ns.truncation else "")
-        extra.append(run_dir / "eval" / f"{tag}.json")
+        path, k = run_dir / "eval" / f"{tag}.json", 1
+        while path.exists():  # never overwrite an earlier evaluation (another --ref, say)
+            k += 1
+            path = run_dir / "eval" / f"{tag}_{k}.json"
+        extra.append(path)
     _report(res, Path(ns.json) if ns.json else None, extra)
     return 0
 
