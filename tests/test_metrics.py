@@ -247,3 +247,12 @@ class _StandInFactory(StandIn):
 
     def __init__(self, weights=None, device="cpu"):
         super().__init__()
+
+
+def test_a_limited_reference_draws_from_every_class(tiny_folder):
+    from sagan.data import open_dataset
+
+    data = open_dataset(tiny_folder, 32, workers=0, verbose=False)  # stored class by class
+    labels = torch.cat([y for _, y in metrics.data_batches(data, batch_size=5, limit=10)])
+    assert len(labels) == 10 and set(labels.tolist()) == {0, 1}
+    assert len(torch.cat([y for _, y in metrics.data_batches(data, batch_size=5)])) == len(data)

@@ -25,6 +25,7 @@ from .losses import (
 from .models import Discriminator, Generator, build_discriminator, build_generator, truncate
 from .sampling import export_generator, load_generator
 from .training import Trainer
+from . import metrics  # noqa: E402  (sagan.metrics.evaluate_generator etc.)
 
 __version__ = "0.1.0"
 

@@ -110,7 +110,7 @@ def _eval_parser() -> ArgumentParser:
     p.add_argument("--ref", type=Optional[str], default=None,
                    help="reference images (folder, zip, CIFAR, MNIST); default: the run's training data")
     p.add_argument("--ref_split", type=Optional[str], default=None, help="train or test, for CIFAR/MNIST references")
-    p.add_argument("--ref_samples", type=Optional[int], default=None, help="use only the first N reference images")
+    p.add_argument("--ref_samples", type=Optional[int], default=None, help="use a fixed random subset of N reference images (all classes)")
     p.add_argument("--no_intra_fid", action="store_true", help="skip intra-FID for conditional models")
     p.add_argument("--raw", action="store_true", help="score the raw generator instead of its EMA")
     p.add_argument("--truncation", type=Optional[float], default=None, help="truncation trick threshold")

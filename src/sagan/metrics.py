@@ -171,18 +171,28 @@ def generator_batches(G, n: int, batch_size: int = 250, seed: int = 0, classes: 
         yield to_uint8(imgs), y
 
 
+def reference_indices(total: int, limit: int | None = None) -> torch.Tensor:
+    """Which images of a dataset of ``total`` a reference of ``limit`` images uses: all of them,
+    or a fixed random subset in dataset order (datasets are stored class by class, so the
+    first ``limit`` would be a few classes only)."""
+    if limit is None or limit >= total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:limit].sort().values
+
+
 def data_batches(data, batch_size: int = 250, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """uint8 batches of an :class:`sagan.data.ImageData`, in order (the first ``limit`` images);
-    under torchrun, this rank's share of them."""
-    n = len(data) if limit is None else min(limit, len(data))
-    mine = _my_batches(n, batch_size)
+    """uint8 batches of an :class:`sagan.data.ImageData` in order (``limit``: a fixed random
+    subset of that many images, see :func:`reference_indices`); under torchrun, this rank's share."""
+    idx = reference_indices(len(data), limit)
+    mine = _my_batches(len(idx), batch_size)
     if data.images is not None:
         for _, i, m in mine:
-            yield data.images[i : i + m], data.labels[i : i + m]
+            sel = idx[i : i + m]
+            yield data.images[sel], data.labels[sel]
         return
     if not mine:
         return
-    loader = torch.utils.data.DataLoader(data, batch_sampler=[list(range(i, i + m)) for _, i, m in mine],
+    loader = torch.utils.data.DataLoader(data, batch_sampler=[idx[i : i + m].tolist() for _, i, m in mine],
                                          num_workers=min(8, os.cpu_count() or 1))
     yield from loader
 
