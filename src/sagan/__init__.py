@@ -47,6 +47,7 @@ __all__ = [
     "g_wasserstein",
     "get_loss",
     "Trainer",
+    "metrics",
     "load_generator",
     "export_generator",
     "RunConfig",
