@@ -21,6 +21,7 @@ __all__ = ["atomic_save", "load_checkpoint", "CheckpointManager"]
 
 _NAME = re.compile(r"^ckpt_(\d{8,})\.pt$")
 BEST_NAME = "best.pt"
+_TMP = re.compile(r"^\.(ckpt_\d{8,}|best)\.pt\.tmp\d+$")  # atomic_save's temporaries
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -77,6 +78,16 @@ class CheckpointManager:
         for old in self.paths()[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete temporary files that a process killed in the middle of a save left behind."""
+        gone = []
+        if self.folder.is_dir():
+            for p in self.folder.iterdir():
+                if _TMP.match(p.name):
+                    p.unlink(missing_ok=True)
+                    gone.append(p)
+        return gone
 
     @property
     def best_path(self) -> Path:

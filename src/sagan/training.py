@@ -226,6 +226,8 @@ class Trainer:
         self.best_fid = float(state.get("best_fid", math.inf))
 
     def _resume(self) -> None:
+        for p in self.ckpts.remove_stale_temporaries():
+            info(f"removed {p.name}, left by an interrupted checkpoint write")
         found = self.ckpts.latest(map_location=self.device)
         if found is None:
             return
@@ -339,21 +341,28 @@ class Trainer:
         return last
 
     def _check_finite(self) -> None:
-        for name, net in (("generator", self.G), ("discriminator", self.D)):
-            for pname, p in net.named_parameters():
-                if not torch.isfinite(p).all():
-                    raise TrainingDiverged(
-                        f"training diverged at step {self.step}: the {name}'s {pname} holds NaN/Inf; "
-                        "the last good checkpoint is kept (try lower learning rates)"
-                    )
+        """Raise TrainingDiverged naming every network (and its first parameter) with NaN/Inf."""
+        bad = []
+        for name, net in (("discriminator", self.D), ("generator", self.G)):
+            first = next((pname for pname, p in net.named_parameters() if not torch.isfinite(p).all()), None)
+            if first is not None:
+                bad.append(f"the {name}'s {first}")
+        if bad:
+            raise TrainingDiverged(
+                f"training diverged at step {self.step}: {' and '.join(bad)} hold{'s' if len(bad) == 1 else ''} "
+                "NaN/Inf; the last good checkpoint is kept (try lower learning rates)"
+            )
 
     def _log(self, sums: torch.Tensor, img_per_s: float, writer, metrics_file) -> dict[str, float]:
         s = (sums[:4] / sums[4].clamp(min=1)).tolist()
         rec = {"step": self.step, "d_loss": s[0], "g_loss": s[1], "d_real": s[2], "d_fake": s[3], "img_per_s": img_per_s}
         if not all(math.isfinite(v) for v in s):
+            self._check_finite()  # name the network whose weights went bad, if any did
+            bad = " and ".join(f"the {n} loss" for n, v in (("discriminator", s[0]), ("generator", s[1]))
+                               if not math.isfinite(v)) or "the discriminator's mean output"
             raise TrainingDiverged(
-                f"training diverged at step {self.step}: a loss is NaN/Inf (d_loss {s[0]}, g_loss {s[1]}); "
-                "the last good checkpoint is kept (try lower learning rates)"
+                f"training diverged at step {self.step}: {bad} is NaN/Inf "
+                f"(d_loss {s[0]}, g_loss {s[1]}); the last good checkpoint is kept (try lower learning rates)"
             )
         rec["lr_g"], rec["lr_d"] = self.opt_g.param_groups[0]["lr"], self.opt_d.param_groups[0]["lr"]
         for net, model in (("G", self.G), ("D", self.D)):
