@@ -144,3 +144,61 @@ def test_checkpoint_from_an_incompatible_config_names_the_keys(tiny_folder, tmp_
         Trainer(other, tmp_path / "run", progress=False)
     assert "model.g_ch: 4 -> 8" in str(e.value) and "train.n_dis: 1 -> 2" in str(e.value)
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "ckpt_00000002.pt")["step"] == 2
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _png_bytes(size, color=(200, 50, 50)):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_zip_with_a_damaged_entry_is_skipped_with_a_counted_warning(tmp_path, capsys):
+    import zipfile
+
+    from sagan.data import open_dataset
+
+    path = tmp_path / "d.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+        for k in ("a", "b"):
+            for i in range(6):
+                z.writestr(f"{k}/{i}.png", _png_bytes(32, (40 * i, 100, 200 if k == "a" else 20)))
+    with zipfile.ZipFile(path) as z:  # damage the stored bytes of one entry: its CRC no longer matches
+        info = z.getinfo("b/3.png")
+    raw = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[start + 40 : start + 60] = bytes(20)
+    path.write_bytes(bytes(raw))
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() == "b/3.png"  # independent check that the entry is really damaged
+    data = open_dataset(path, 32, workers=0)
+    err = capsys.readouterr().err
+    assert len(data) == 11 and "skipped 1 unreadable image (b/3.png)" in err
+    assert data.labels.tolist() == [0] * 6 + [1] * 5
+
+
+def test_images_smaller_than_the_resolution_get_one_counted_warning(tmp_path, capsys):
+    from sagan.data import open_dataset
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(5):
+        (root / f"{i}.png").write_bytes(_png_bytes(16 if i < 3 else 64))
+    data = open_dataset(root, 32, workers=0)
+    err = capsys.readouterr().err
+    assert len(data) == 5 and data.images.shape[-1] == 32
+    assert "3 images are smaller than 32x32 and were upscaled" in err and "0.png (16 px)" in err
+    assert err.count("smaller than") == 1
+
+
+def test_unsupported_resolution_is_one_line_and_writes_nothing(tmp_path, capsys):
+    data = write_class_folder(tmp_path / "shapes")
+    r = sagan_inproc(capsys, "train", "--data", data, "--out", tmp_path / "run", *TINY, "--model.resolution", 48)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "48" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()

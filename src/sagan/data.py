@@ -22,6 +22,7 @@ import pickle
 import struct
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -130,7 +131,7 @@ class ImageData:
         """Image ``i`` as uint8 (C, R, R), or None when the file cannot be decoded."""
         if self.images is not None:
             return self.images[i]
-        return _decode(self._files.open(self._names[i]), self.resolution, self.channels)
+        return _decode_file(self._files, self._names[i], self.resolution, self.channels)
 
     def fetch(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Image ``i``, its label, and -1; or, when ``i`` is unreadable (only possible without
@@ -163,10 +164,23 @@ class _Fetch(torch.utils.data.Dataset):
         return self.data.fetch(i)
 
 
-def _decode(buf: io.BytesIO, resolution: int, channels: int) -> torch.Tensor | None:
+def _decode_file(files: _Files, name: str, resolution: int, channels: int,
+                 sizes: list[int] | None = None) -> torch.Tensor | None:
+    """Read and decode one file; None when it cannot be read (a bad zip entry included)."""
+    try:
+        buf = files.open(name)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError):
+        return None
+    return _decode(buf, resolution, channels, sizes)
+
+
+def _decode(buf: io.BytesIO, resolution: int, channels: int, sizes: list[int] | None = None) -> torch.Tensor | None:
+    """Decode, convert and resize-crop one image; its shorter side is appended to ``sizes``."""
     try:
         with Image.open(buf) as im:
             im.load()
+            if sizes is not None:
+                sizes.append(min(im.size))
             if im.mode.startswith("I"):  # 16/32-bit integer grayscale: scale to 8 bits
                 a = np.asarray(im).astype(np.float64)
                 full = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
@@ -449,20 +463,29 @@ class _DecodeAll(torch.utils.data.Dataset):
         return len(self.data)
 
     def __getitem__(self, i):
-        img = self.data.decode(i)
+        d, sizes = self.data, []
+        img = _decode_file(d._files, d._names[i], d.resolution, d.channels, sizes)
         ok = img is not None
-        return (img if ok else torch.zeros(self.data.channels, self.data.resolution, self.data.resolution, dtype=torch.uint8)), ok
+        blank = torch.zeros(d.channels, d.resolution, d.resolution, dtype=torch.uint8)
+        return (img if ok else blank), ok, (sizes[0] if sizes else 0)
 
 
 def _fill_cache(data: ImageData, workers: int, verbose: bool) -> None:
     n, r = len(data), data.resolution
     images = torch.empty(n, data.channels, r, r, dtype=torch.uint8)
     ok = torch.empty(n, dtype=torch.bool)
+    side = torch.empty(n, dtype=torch.long)
     loader = torch.utils.data.DataLoader(_DecodeAll(data), batch_size=256, num_workers=workers)
     i = 0
-    for x, good in tqdm(loader, desc="decoding images", unit="batch", disable=not verbose, leave=False):
-        images[i : i + len(x)], ok[i : i + len(x)] = x, good
+    for x, good, sides in tqdm(loader, desc="decoding images", unit="batch", disable=not verbose, leave=False):
+        images[i : i + len(x)], ok[i : i + len(x)], side[i : i + len(x)] = x, good, sides
         i += len(x)
+    small = (ok & (side < r)).nonzero().flatten().tolist()
+    if small:
+        examples = ", ".join(f"{data._names[j]} ({int(side[j])} px)" for j in small[:3])
+        warn(f"{len(small)} image{'s are' if len(small) > 1 else ' is'} smaller than {r}x{r} and "
+             f"{'were' if len(small) > 1 else 'was'} upscaled, which blurs {'them' if len(small) > 1 else 'it'} "
+             f"({examples}{', ...' if len(small) > 3 else ''}); consider a lower model.resolution")
     bad = (~ok).nonzero().flatten().tolist()
     if bad:
         examples = ", ".join(data._names[j] for j in bad[:3])
