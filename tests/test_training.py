@@ -58,10 +58,18 @@ def test_resumed_training_equals_uninterrupted_training(tiny_folder, tmp_path):
     assert resumed.step == 2
     resumed.fit()
     a, b = straight.state_dict(), resumed.state_dict()
-    for net in ("G", "D", "G_ema"):
+    for net in ("G", "D", "G_ema"):  # weights, EMA and every buffer (SN u/v, BN statistics)
         for k in a[net]:
             assert torch.equal(a[net][k], b[net][k]), (net, k)
-    assert a["data"] == b["data"]
+    for opt in ("opt_g", "opt_d"):  # Adam moments and step counts
+        sa, sb = a[opt]["state"], b[opt]["state"]
+        assert sa.keys() == sb.keys() and len(sa) > 10
+        for i in sa:
+            for k in sa[i]:
+                assert torch.equal(sa[i][k], sb[i][k]), (opt, i, k)
+    assert torch.equal(a["ema_n_averaged"], b["ema_n_averaged"])
+    assert torch.equal(a["rng"]["cpu"], b["rng"]["cpu"])  # the future noise is the same too
+    assert a["data"] == b["data"] and a["step"] == b["step"] == 4
 
 
 def test_losses_are_logged_and_d_sees_real_and_fake(tiny_folder, tmp_path):
