@@ -325,35 +325,26 @@ def _report(res: dict, json_path: Path | None, extra_paths: list[Path]) -> None:
         info(f"wrote {path}")
 
 
-def _extractor(weights: str | None, device):
-    from .metrics import InceptionExtractor
-
-    return InceptionExtractor(weights, device=device), InceptionExtractor.name
-
-
 def cmd_eval(argv: list[str]) -> int:
     ns = _parse(_eval_parser(), argv)
     from .checkpoints import CheckpointManager
     from .data import open_dataset
     from .distributed import init_from_env, is_main
-    from .metrics import evaluate_generator
-    from .sampling import _resolve_checkpoint, load_generator
+    from .metrics import InceptionExtractor, evaluate_generator
+    from .sampling import _resolve_checkpoint, generator_from_checkpoint
     from .training import resolve_device
 
-    src = Path(ns.source)
-    if src.suffix == ".safetensors":
-        raise UserError("sagan eval takes a run directory or checkpoint (it needs the run's config and data)")
     if ns.n < 2:
         raise UserError("--n must be at least 2")
     device = init_from_env(resolve_device(ns.device))  # under torchrun: one share of the samples per rank
-    ckpt_path, state = _resolve_checkpoint(src)
-    extractor, name = _extractor(ns.inception_weights, device)  # fail early when the weights are missing
-    G = load_generator(ckpt_path, device=device, ema=not ns.raw)
+    ckpt_path, state = _resolve_checkpoint(Path(ns.source).expanduser())  # also refuses exported files
+    extractor = InceptionExtractor(ns.inception_weights, device=device)  # fail early when the weights are missing
+    G = generator_from_checkpoint(state, ema=not ns.raw).to(device)
     cfg = config_from_dict(state["config"])
     ref = ns.ref if ns.ref is not None else cfg.data
     data = open_dataset(ref, cfg.model.resolution, cfg.model.img_channels,
                         ns.ref_split or (cfg.dataset.split if ns.ref is None else "train"))
-    res = evaluate_generator(G, data, n=ns.n, extractor=extractor, extractor_name=name, batch_size=ns.batch_size,
+    res = evaluate_generator(G, data, n=ns.n, extractor=extractor, batch_size=ns.batch_size,
                              seed=ns.seed, intra_fid=not ns.no_intra_fid, truncation=ns.truncation,
                              ref_limit=ns.ref_samples)
     res.update(step=int(state["step"]), checkpoint=str(ckpt_path), generator="raw" if ns.raw else "ema")
@@ -376,15 +367,14 @@ def cmd_score(argv: list[str]) -> int:
     ns = _parse(_score_parser(), argv)
     from .data import open_dataset, peek_resolution
     from .distributed import init_from_env, is_main
-    from .metrics import evaluate_folders
+    from .metrics import InceptionExtractor, evaluate_folders
     from .training import resolve_device
 
     device = init_from_env(resolve_device(ns.device))
     res_px = ns.resolution or peek_resolution(ns.a)
     a = open_dataset(ns.a, res_px, 3)
     b = open_dataset(ns.b, res_px, 3)
-    extractor, name = _extractor(ns.inception_weights, device)
-    res = evaluate_folders(a, b, extractor, name, batch_size=ns.batch_size)
+    res = evaluate_folders(a, b, InceptionExtractor(ns.inception_weights, device=device), batch_size=ns.batch_size)
     res["scored"] = str(ns.a)
     if not is_main():
         return 0

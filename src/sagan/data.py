@@ -16,6 +16,7 @@ uint8 tensor; larger ones are decoded on the fly by workers during training.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import pickle
@@ -119,6 +120,7 @@ class ImageData:
     images: torch.Tensor | None = None
     _files: _Files | None = None
     _names: list[str] = field(default_factory=list)
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -126,6 +128,26 @@ class ImageData:
 
     def __len__(self) -> int:
         return int(self.labels.numel())
+
+    def fingerprint(self) -> str:
+        """A content hash of the dataset as prepared (pixels and labels), computed once; keys
+        cached statistics. Without the in-memory cache: names, size and mtime of the source."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(f"{self.resolution}:{self.channels}:{len(self)}".encode())
+            if self.images is not None:
+                h.update(self.images.contiguous().numpy())  # hashed in place, no copy
+            else:
+                h.update(str(self.source).encode())
+                for n in self._names:
+                    h.update(n.encode())
+                try:
+                    st = os.stat(self.source)
+                    h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+                except OSError:
+                    pass
+            h.update(self.labels.numpy())
+            self._fingerprint = h.hexdigest()[:24]
+        return self._fingerprint
 
     def decode(self, i: int) -> torch.Tensor | None:
         """Image ``i`` as uint8 (C, R, R), or None when the file cannot be decoded."""
@@ -466,8 +488,9 @@ class _DecodeAll(torch.utils.data.Dataset):
         d, sizes = self.data, []
         img = _decode_file(d._files, d._names[i], d.resolution, d.channels, sizes)
         ok = img is not None
-        blank = torch.zeros(d.channels, d.resolution, d.resolution, dtype=torch.uint8)
-        return (img if ok else blank), ok, (sizes[0] if sizes else 0)
+        if not ok:
+            img = torch.zeros(d.channels, d.resolution, d.resolution, dtype=torch.uint8)
+        return img, ok, (sizes[0] if sizes else 0)
 
 
 def _fill_cache(data: ImageData, workers: int, verbose: bool) -> None:

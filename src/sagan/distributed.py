@@ -9,7 +9,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["launched_by_torchrun", "init_from_env", "rank_world", "is_main", "barrier", "comm_device", "cleanup"]
+__all__ = ["launched_by_torchrun", "init_from_env", "rank_world", "is_main", "comm_device", "cleanup"]
 
 
 def launched_by_torchrun() -> bool:
@@ -41,11 +41,6 @@ def rank_world() -> tuple[int, int]:
 
 def is_main() -> bool:
     return rank_world()[0] == 0
-
-
-def barrier() -> None:
-    if rank_world()[1] > 1:
-        dist.barrier()
 
 
 def comm_device() -> torch.device:

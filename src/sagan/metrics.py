@@ -26,7 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .console import UserError, info
-from .distributed import comm_device, rank_world
+from .data import default_workers
+from .distributed import comm_device, is_main, rank_world
 
 __all__ = [
     "WEIGHTS_FILE",
@@ -106,9 +107,15 @@ class InceptionExtractor:
         return pool, logits
 
 
+def _name_of(extractor) -> str:
+    """The name that keys cached reference statistics to an extractor."""
+    return getattr(extractor, "name", type(extractor).__name__)
+
+
 @dataclass
 class Features:
-    """Features of a set of images: pool features (N, D), logits (N, K) and labels (N,)."""
+    """Features of a set of images: pool features (N, D), logits (N, K) and labels (N,), kept
+    in float32 on the CPU (the extractor's precision); the metrics work in float64."""
 
     pool: torch.Tensor
     logits: torch.Tensor
@@ -126,22 +133,27 @@ def _to_rgb_uint8(images: torch.Tensor) -> torch.Tensor:
 
 def extract(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], extractor: Extractor, total: int | None = None,
             desc: str = "features", progress: bool = True) -> Features:
-    """Run ``extractor`` over ``(uint8 images, labels)`` batches; features are kept in float64 on the CPU."""
+    """Run ``extractor`` over ``(uint8 images, labels)`` batches (this rank's share of ``total``)."""
     pools, logits, labels = [], [], []
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=total and -(-total // rank_world()[1]), desc=desc, unit="img",
+               disable=not (progress and is_main()), leave=False)
     for x, y in batches:
         p, lg = extractor(_to_rgb_uint8(x))
-        pools.append(p.detach().double().cpu())
-        logits.append(lg.detach().double().cpu())
+        pools.append(p.detach().float().cpu())
+        logits.append(lg.detach().float().cpu())
         labels.append(torch.as_tensor(y).long().cpu())
         bar.update(len(x))
     bar.close()
     return Features(torch.cat(pools), torch.cat(logits), torch.cat(labels))
 
 
-def _my_batches(n: int, batch_size: int) -> list[tuple[int, int, int]]:
-    """This rank's share of ``n`` items in batches: (batch index, start, size) for batches
+def _batches_of(rank: int, world: int, n: int, batch_size: int) -> list[tuple[int, int, int]]:
+    """Rank ``rank``'s share of ``n`` items in batches: (batch index, start, size) for batches
     rank, rank + world, ... so that every rank's work is a fixed function of the batch index."""
+    return [(b, b * batch_size, min(batch_size, n - b * batch_size)) for b in range(rank, -(-n // batch_size), world)]
+
+
+def _my_batches(n: int, batch_size: int) -> list[tuple[int, int, int]]:
     return _batches_of(*rank_world(), n, batch_size)
 
 
@@ -193,7 +205,7 @@ def data_batches(data, batch_size: int = 250, limit: int | None = None) -> Itera
     if not mine:
         return
     loader = torch.utils.data.DataLoader(data, batch_sampler=[idx[i : i + m].tolist() for _, i, m in mine],
-                                         num_workers=min(8, os.cpu_count() or 1))
+                                         num_workers=default_workers())
     yield from loader
 
 
@@ -205,25 +217,23 @@ def _gather(feats: Features, n: int, batch_size: int) -> Features:
     import torch.distributed as dist
 
     dev = comm_device()
-    rows = max(sum(m for _, _, m in _batches_of(r, world, n, batch_size)) for r in range(world))
+    # where batch b sits in rank r's rows: (b, r, first row, size)
+    layout = []
+    for r in range(world):
+        at = 0
+        for b, _, m in _batches_of(r, world, n, batch_size):
+            layout.append((b, r, at, m))
+            at += m
+    rows = max(at + m for _, _, at, m in layout)
     out = []
-    for t in (feats.pool.float(), feats.logits.float(), feats.labels.double().unsqueeze(1)):
+    for t in (feats.pool, feats.logits, feats.labels.float().unsqueeze(1)):
         padded = torch.zeros(rows, t.shape[1], device=dev)
-        padded[: len(t)] = t.to(dev, torch.float32)
+        padded[: len(t)] = t.to(dev)
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded)
-        by_batch = {}
-        for r, part in enumerate(parts):
-            at = 0
-            for b, _, m in _batches_of(r, world, n, batch_size):
-                by_batch[b] = part[at : at + m].cpu()
-                at += m
-        out.append(torch.cat([by_batch[b] for b in sorted(by_batch)]))
-    return Features(out[0].double(), out[1].double(), out[2].squeeze(1).long())
-
-
-def _batches_of(rank: int, world: int, n: int, batch_size: int) -> list[tuple[int, int, int]]:
-    return [(b, b * batch_size, min(batch_size, n - b * batch_size)) for b in range(rank, -(-n // batch_size), world)]
+        parts = [p.cpu() for p in parts]
+        out.append(torch.cat([parts[r][at : at + m] for _, r, at, m in sorted(layout)]))
+    return Features(out[0], out[1], out[2].squeeze(1).long())
 
 
 # ---------------------------------------------------------------------------- the metrics
@@ -281,25 +291,6 @@ def compute_metrics(fake: Features, real: Features, intra_fid: bool = True) -> d
 # ---------------------------------------------------------------------------- reference cache
 
 
-def dataset_fingerprint(data) -> str:
-    """A content hash of a dataset as prepared (pixels and labels), for the statistics cache."""
-    h = hashlib.sha256()
-    h.update(f"{data.resolution}:{data.channels}:{len(data)}".encode())
-    if data.images is not None:
-        h.update(data.images.numpy().tobytes())
-    else:  # too large to hash the pixels: names, sizes and mtimes of the files
-        h.update(str(data.source).encode())
-        for n in data._names:
-            h.update(n.encode())
-        try:
-            st = os.stat(data.source)
-            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-        except OSError:
-            pass
-    h.update(data.labels.numpy().tobytes())
-    return h.hexdigest()[:24]
-
-
 def cache_dir() -> Path:
     return Path(os.environ.get("SAGAN_CACHE", Path.home() / ".cache" / "torch-sagan"))
 
@@ -315,32 +306,33 @@ def _broadcast(obj):
     return box[0]
 
 
-def reference_features(data, extractor: Extractor, extractor_name: str, limit: int | None = None,
+def reference_features(data, extractor: Extractor, extractor_name: str | None = None, limit: int | None = None,
                        batch_size: int = 250, progress: bool = True) -> tuple[Features | None, bool]:
     """Features of the reference set, cached on disk by content, resolution and extractor.
     Returns (features, True if they came from the cache). Under torchrun every rank extracts
     its share; the features are returned on rank 0 only (None elsewhere) when cached."""
-    key = hashlib.sha256(f"{dataset_fingerprint(data)}:{limit}:{extractor_name}".encode()).hexdigest()[:24]
+    extractor_name = extractor_name or _name_of(extractor)
+    key = hashlib.sha256(f"{data.fingerprint()}:{limit}:{extractor_name}".encode()).hexdigest()[:24]
     path = cache_dir() / "reference" / f"{key}.pt"
-    main = rank_world()[0] == 0
+    main = is_main()
     cached = None
     if main and path.is_file():
         try:
             d = torch.load(path, weights_only=True)
-            cached = Features(d["pool"].double(), d["logits"].double(), d["labels"])
+            cached = Features(d["pool"], d["logits"], d["labels"])
         except Exception:
             cached = None  # a damaged cache entry is recomputed
     if _broadcast(cached is not None):
         return cached, True
     n = len(data) if limit is None else min(limit, len(data))
-    feats = extract(data_batches(data, batch_size, limit), extractor, total=-(-n // rank_world()[1]),
-                    desc="reference features", progress=progress and main)
+    feats = extract(data_batches(data, batch_size, limit), extractor, total=n, desc="reference features",
+                    progress=progress)
     feats = _gather(feats, n, batch_size)
     if main:
         from .checkpoints import atomic_save
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({"pool": feats.pool.float(), "logits": feats.logits[:, :0].float(), "labels": feats.labels,
+        atomic_save({"pool": feats.pool, "logits": feats.logits[:, :0], "labels": feats.labels,
                      "meta": json.dumps({"source": str(data.source), "n": n, "extractor": extractor_name})}, path)
     return feats, False
 
@@ -358,40 +350,37 @@ def evaluate_generator(G, reference, n: int = 50_000, extractor: Extractor | Non
     Under torchrun, each rank generates and embeds its share of the samples, and every rank
     returns the same dict of metrics."""
     if extractor is None:
-        device = next(G.parameters()).device
-        extractor, extractor_name = InceptionExtractor(device=device), InceptionExtractor.name
-    extractor_name = extractor_name or getattr(extractor, "name", type(extractor).__name__)
-    main = rank_world()[0] == 0
+        extractor = InceptionExtractor(device=next(G.parameters()).device)
+    extractor_name = extractor_name or _name_of(extractor)
     cond = G.num_classes > 0 and reference.num_classes == G.num_classes
     classes = (torch.arange(n) * G.num_classes // n) if G.num_classes > 0 else None
     was_training = G.training
     G.eval()
     try:
-        fake = extract(generator_batches(G, n, batch_size, seed, classes, truncation), extractor,
-                       total=-(-n // rank_world()[1]), desc="generated features", progress=progress and main)
+        fake = extract(generator_batches(G, n, batch_size, seed, classes, truncation), extractor, total=n,
+                       desc="generated features", progress=progress)
     finally:
         G.train(was_training)
     fake = _gather(fake, n, batch_size)
     real, cached = reference_features(reference, extractor, extractor_name, ref_limit, batch_size, progress)
     res = None
-    if main:
+    if is_main():
         res = compute_metrics(fake, real, intra_fid=intra_fid and cond)
         res.update(reference=str(reference.source), reference_cached=cached, extractor=extractor_name,
                    resolution=reference.resolution, truncation=truncation)
     return _broadcast(res)
 
 
-def evaluate_folders(a, b, extractor: Extractor, extractor_name: str, batch_size: int = 250,
+def evaluate_folders(a, b, extractor: Extractor, extractor_name: str | None = None, batch_size: int = 250,
                      progress: bool = True) -> dict:
     """Score image set ``a`` (e.g. samples from another tool) against reference set ``b``,
     both :class:`sagan.data.ImageData`, with the same pipeline as :func:`evaluate_generator`."""
-    main = rank_world()[0] == 0
-    fa = extract(data_batches(a, batch_size), extractor, total=-(-len(a) // rank_world()[1]),
-                 desc="features of A", progress=progress and main)
+    extractor_name = extractor_name or _name_of(extractor)
+    fa = extract(data_batches(a, batch_size), extractor, total=len(a), desc="features of A", progress=progress)
     fa = _gather(fa, len(a), batch_size)
     fb, cached = reference_features(b, extractor, extractor_name, None, batch_size, progress)
     res = None
-    if main:
+    if is_main():
         res = compute_metrics(fa, fb, intra_fid=False)
         res.update(reference=str(b.source), reference_cached=cached, extractor=extractor_name, resolution=a.resolution)
     return _broadcast(res)

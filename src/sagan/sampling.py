@@ -109,10 +109,15 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", ema: bo
         G = build_generator(_model_config(json.loads(meta["config"])), sn=False)
         G.load_state_dict(load_file(str(path)))
     else:
-        _, state = _resolve_checkpoint(path)
-        G = build_generator(_model_config(state["config"]))
-        G.load_state_dict(state["G_ema" if ema else "G"])
+        G = generator_from_checkpoint(_resolve_checkpoint(path)[1], ema)
     return G.to(device).eval()
+
+
+def generator_from_checkpoint(state: dict, ema: bool = True) -> Generator:
+    """The EMA (or raw) generator held by a loaded checkpoint, on the CPU."""
+    G = build_generator(_model_config(state["config"]))
+    G.load_state_dict(state["G_ema" if ema else "G"])
+    return G
 
 
 def export_generator(src: str | Path, out: str | Path, overwrite: bool = False) -> Path:
@@ -124,8 +129,7 @@ def export_generator(src: str | Path, out: str | Path, overwrite: bool = False) 
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     _, state = _resolve_checkpoint(src)
-    G = build_generator(_model_config(state["config"]))
-    G.load_state_dict(state["G_ema"])
+    G = generator_from_checkpoint(state)
     tensors = {k: v.contiguous() for k, v in baked_state_dict(G).items()}
     meta = {"config": json.dumps(state["config"]), "step": str(int(state["step"])), "format": "torch-sagan/1"}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -130,7 +130,7 @@ class Trainer:
         self.cfg = cfg
         if not overwrite:
             self._check_against_saved()
-        self.extractor, self.extractor_name, self.eval_data = None, None, None
+        self.extractor, self.eval_data = None, None
         if cfg.train.eval_every:  # fail now, not hours in, when the weights or the reference are missing
             self._setup_eval(extractor)
 
@@ -323,11 +323,13 @@ class Trainer:
                         t0, imgs = time.perf_counter(), 0
                     if self.step % t.sample_every == 0 or end:
                         self._sample(grid_z, grid_y, writer)
-                    if t.eval_every and (self.step % t.eval_every == 0 or self.step == cfg.steps):
-                        self._check_finite()
+                    eval_due = t.eval_every and (self.step % t.eval_every == 0 or self.step == cfg.steps)
+                    ckpt_due = self.step % t.ckpt_every == 0 or end
+                    if eval_due or ckpt_due:
+                        self._check_finite()  # never score or save poisoned weights
+                    if eval_due:
                         self._evaluate(writer, metrics_file)
-                    if self.step % t.ckpt_every == 0 or end:
-                        self._check_finite()
+                    if ckpt_due:
                         self.save_checkpoint()
                     if stop.requested is not None:
                         self.stopped_by = stop.requested
@@ -344,9 +346,10 @@ class Trainer:
         """Raise TrainingDiverged naming every network (and its first parameter) with NaN/Inf."""
         bad = []
         for name, net in (("discriminator", self.D), ("generator", self.G)):
-            first = next((pname for pname, p in net.named_parameters() if not torch.isfinite(p).all()), None)
-            if first is not None:
-                bad.append(f"the {name}'s {first}")
+            finite = torch.stack([torch.isfinite(p).all() for p in net.parameters()])
+            if not finite.all():  # one device sync per network
+                first = int((~finite).nonzero()[0])
+                bad.append(f"the {name}'s {[n for n, _ in net.named_parameters()][first]}")
         if bad:
             raise TrainingDiverged(
                 f"training diverged at step {self.step}: {' and '.join(bad)} hold{'s' if len(bad) == 1 else ''} "
@@ -390,7 +393,6 @@ class Trainer:
 
             extractor = InceptionExtractor(t.inception_weights, device=self.device)
         self.extractor = extractor
-        self.extractor_name = getattr(extractor, "name", type(extractor).__name__)
         if t.eval_reference is None:
             self.eval_data = self.data
         else:
@@ -407,13 +409,9 @@ class Trainer:
         started = time.perf_counter()
         with torch.random.fork_rng(devices=devices):
             res = evaluate_generator(self.ema.module, self.eval_data, n=t.eval_samples, extractor=self.extractor,
-                                     extractor_name=self.extractor_name, batch_size=t.eval_batch_size, seed=t.seed,
-                                     progress=False)
-        rec = {"step": self.step, "eval": True, "fid": res["fid"], "is": res["is"], "is_std": res["is_std"],
-               "kid": res["kid"], "kid_std": res["kid_std"], "eval_samples": res["n_fake"],
-               "extractor": res["extractor"], "eval_seconds": time.perf_counter() - started}
-        if "intra_fid" in res:
-            rec["intra_fid"] = res["intra_fid"]
+                                     batch_size=t.eval_batch_size, seed=t.seed, progress=False)
+        rec = {"step": self.step, "eval": True, "eval_samples": res["n_fake"], "eval_seconds": time.perf_counter() - started}
+        rec.update({k: res[k] for k in ("fid", "is", "is_std", "kid", "kid_std", "extractor", "intra_fid") if k in res})
         improved = res["fid"] < self.best_fid
         if improved:
             self.best_fid = res["fid"]
