@@ -193,13 +193,35 @@ def test_sdpa_gets_inputs_that_fused_kernels_accept(monkeypatch, layout):
     assert seen == [[1, 1, 1]]
 
 
+def _aten_ops(fn) -> set[str]:
+    from torch.profiler import profile
+
+    with profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events()}
+
+
+def test_attention_takes_the_cpu_flash_kernel_not_the_math_path():
+    # with query/key at C/8 and value at C/2 the CPU silently used the math path, which
+    # materialises the N x N/4 matrix; zero-padded to equal sizes it takes the flash kernel
+    m = SelfAttention2d(64)
+    with torch.no_grad():
+        m.gamma.fill_(1.0)
+    x = torch.randn(2, 64, 16, 16, requires_grad=True)
+    ops = _aten_ops(lambda: m(x).sum().backward())
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in ops
+    assert not any("math" in o for o in ops), sorted(o for o in ops if "math" in o)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_attention_runs_on_the_memory_efficient_kernel(layout):
+@pytest.mark.parametrize("backend", ["FLASH_ATTENTION", "EFFICIENT_ATTENTION"])
+def test_attention_runs_on_a_fused_kernel(layout, backend):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     m = SelfAttention2d(256).cuda()
     x = torch.randn(4, 256, 64, 64, device="cuda").contiguous(memory_format=layout)
-    with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION), torch.autocast("cuda", dtype=torch.bfloat16):
+    with sdpa_kernel(getattr(SDPBackend, backend)), torch.autocast("cuda", dtype=torch.bfloat16):
         m(x).float().sum().backward()  # raises if the fused kernel cannot take these inputs

@@ -98,8 +98,9 @@ class SelfAttention2d(nn.Module):
     result back to C channels and the block returns ``x + gamma * o`` with a learnable scalar
     ``gamma`` initialised to 0. Every conv is built by ``layers`` (spectral-normalised by default).
 
-    The training path calls ``F.scaled_dot_product_attention``, so the N x N/4 attention matrix is
-    not materialised where a fused kernel exists. ``forward(x, return_attention=True)`` (or the
+    The training path calls ``F.scaled_dot_product_attention``, with query and key zero-padded to
+    the value's C/2 channels (which leaves ``q @ k^T`` unchanged) so that the flash kernels of the
+    CPU and of CUDA accept them, and the N x N/4 attention matrix is never materialised. ``forward(x, return_attention=True)`` (or the
     :func:`record_attention` context) instead computes the explicit softmax and returns the maps,
     shaped ``(B, N, N_keys)``; rows sum to 1.
     """
@@ -137,6 +138,11 @@ class SelfAttention2d(nn.Module):
             attn = torch.softmax(q @ k.transpose(1, 2), dim=-1)
             out = attn @ v
         else:
+            # zero-pad query and key from C/8 to v's C/2 channels: q @ k^T is unchanged, and with
+            # equal head sizes SDPA can take its flash kernels (CPU and CUDA); with unequal ones
+            # the CPU silently falls back to the math path, which builds the N x N/4 matrix
+            pad = v.shape[-1] - q.shape[-1]
+            q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
             out = F.scaled_dot_product_attention(
                 q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=1.0
             ).squeeze(1)
