@@ -468,7 +468,9 @@ def open_dataset(
     ch = channels or _guess_channels(files, names)
     data = ImageData(resolution, ch, torch.tensor(labels, dtype=torch.long), classes, str(root), _files=files, _names=names)
     need = len(names) * ch * resolution * resolution
-    use_cache = cache == "memory" or (cache == "auto" and need < _available_memory() // 2)
+    # under torchrun every process on a node holds its own cache: share the budget among them
+    budget = _available_memory() // 2 // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    use_cache = cache == "memory" or (cache == "auto" and need < budget)
     if use_cache:
         _fill_cache(data, workers, verbose and progress)
     elif verbose:
@@ -540,9 +542,11 @@ def _report(data: ImageData, kind: str, native: int | None) -> None:
 class BatchStream:
     """Endless, resumable stream of training batches.
 
-    Each epoch is a permutation drawn from ``seed`` and the epoch number, so the order is a pure
-    function of (seed, epoch) and the stream resumes exactly from ``state_dict()``. Under
-    distributed training, rank ``r`` of ``world`` takes every world-th index of the permutation.
+    Each epoch's order comes from a :class:`~torch.utils.data.DistributedSampler` seeded with
+    ``seed`` and set to the epoch, so the order is a pure function of (seed, epoch) and the stream
+    resumes exactly from ``state_dict()``. Under distributed training rank ``r`` of ``world`` takes
+    every world-th index of the permutation, so the ranks' batches together are the batch one
+    process would draw with ``world x batch_size``; flips are drawn for that global batch too.
     Batches come out as float images in [-1, 1] on ``device``, with random flips when ``flip``.
     """
 
@@ -571,8 +575,12 @@ class BatchStream:
         self._reported: set[int] = set()
 
     def _order(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.data), generator=g)[self.rank :: self.world]
+        sampler = torch.utils.data.DistributedSampler(
+            range(len(self.data)), num_replicas=self.world, rank=self.rank, shuffle=True,
+            seed=self.seed * 1_000_003, drop_last=True,
+        )
+        sampler.set_epoch(epoch)
+        return torch.tensor(list(sampler), dtype=torch.long)
 
     def _batch_indices(self, epoch: int, start: int) -> Iterator[torch.Tensor]:
         order = self._order(epoch)
@@ -608,7 +616,7 @@ class BatchStream:
             x, y = item
         if self.flip:
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 100_003 + self.position)
-            mask = torch.rand(len(x), generator=g) < 0.5
+            mask = (torch.rand(len(x) * self.world, generator=g) < 0.5)[self.rank :: self.world]
             x = torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
         self.position += 1
         x = x.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
@@ -623,7 +631,14 @@ class BatchStream:
             self._reported.update(new)
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
+        return {"epoch": self.epoch, "position": self.position, "world": self.world}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position, self._iter = int(state["epoch"]), int(state["position"]), None
+        saved_world = int(state.get("world", 1))
+        if saved_world != self.world:
+            # another number of processes splits epochs into other batches: keep the fraction
+            # of the epoch already seen, so that no image is seen twice as often as the others
+            self.position = min(self.batches_per_epoch, self.position * saved_world // self.world)
+            warn(f"resuming on {self.world} processes a run saved on {saved_world}: the data order "
+                 "continues from the same point of the epoch, but not bit for bit")
