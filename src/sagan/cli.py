@@ -44,7 +44,9 @@ def _train_parser() -> ArgumentParser:
         prog="sagan train",
         description="Train a Self-Attention GAN. Options apply in order: --preset, then --config, then "
         "dotted overrides such as --model.g_ch 32 or --train.lr_d 2e-4. Rerunning on an existing --out "
-        "resumes from its latest checkpoint.",
+        "resumes from its latest checkpoint. Shorthands: --model.ch N (both widths), --precision "
+        "fp32|bf16|fp16, --compile, --sync_bn. On several GPUs or nodes, launch it with torchrun: "
+        "torchrun --nproc_per_node=N -m sagan train ... (train.batch_size is per process).",
         exit_on_error=False,
         default_env=False,
     )
@@ -163,19 +165,28 @@ def _flag_value(argv: list[str], name: str) -> str | None:
     return None
 
 
+# shorthands, expanded in place so that options still apply in the order given
+VALUE_ALIASES = {"--model.ch": ("--model.g_ch", "--model.d_ch"), "--precision": ("--train.precision",)}
+FLAG_ALIASES = {"--compile": "--train.compile", "--sync_bn": "--train.sync_bn"}
+
+
 def _expand_aliases(argv: list[str]) -> list[str]:
-    """``--model.ch X`` is shorthand for ``--model.g_ch X --model.d_ch X``, expanded in place so
-    that options still apply in the order given."""
+    """``--model.ch X`` sets ``--model.g_ch X --model.d_ch X``; ``--precision P`` is
+    ``--train.precision P``; the flags ``--compile`` and ``--sync_bn`` set ``train.compile`` and
+    ``train.sync_bn`` to true."""
     out, i = [], 0
     while i < len(argv):
         a = argv[i]
-        if a == "--model.ch" and i + 1 < len(argv):
-            out += ["--model.g_ch", argv[i + 1], "--model.d_ch", argv[i + 1]]
-            i += 2
-            continue
-        if a.startswith("--model.ch="):
-            v = a.split("=", 1)[1]
-            out += [f"--model.g_ch={v}", f"--model.d_ch={v}"]
+        name, eq, value = a.partition("=")
+        if name in VALUE_ALIASES:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise UserError(f"{a} needs a value")
+                value, i = argv[i + 1], i + 1
+            for target in VALUE_ALIASES[name]:
+                out += [target, value]
+        elif a in FLAG_ALIASES:
+            out += [FLAG_ALIASES[a], "true"]
         else:
             out.append(a)
         i += 1

@@ -91,7 +91,8 @@ class TrainConfig:
     """Optimisation and logging schedule. Steps count generator updates."""
 
     batch_size: int = 64
-    """Images per D step and per G step (per process under torchrun)."""
+    """Images per D step and per G step, per process: under torchrun with N processes the global
+    batch is N x batch_size."""
     n_dis: int = 1
     """D steps per G step."""
     lr_g: float = 1e-4
@@ -112,6 +113,15 @@ class TrainConfig:
     """Step before which the EMA simply copies G."""
     channels_last: bool = True
     """Keep activations in channels-last memory layout (faster convolutions on CPU and GPU)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast precision of the forward passes: fp32, bf16 (GPUs from Ampere on; also CPU) or fp16
+    (with a gradient scaler). Weights, optimiser states and spectral norm's sigma stay fp32."""
+    compile: bool = False
+    """Wrap G and D in torch.compile: faster steps after a slow first few (minutes of compilation;
+    on CPU it needs a C++ compiler)."""
+    sync_bn: bool = False
+    """Under torchrun on GPUs: batch norm in G normalises over the global batch (SyncBatchNorm)
+    rather than each process's share."""
     seed: int = 0
     """Random seed (weights, data order, noise)."""
     log_every: int = 50
@@ -168,6 +178,9 @@ RESUMABLE_KEYS = {
     "train.eval_batch_size",
     "train.eval_reference",
     "train.inception_weights",
+    "train.precision",
+    "train.compile",
+    "train.sync_bn",
 }
 
 

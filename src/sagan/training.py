@@ -3,7 +3,9 @@ grids, checkpoints and resume. Knows nothing about the command line."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import shutil
@@ -15,9 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoints import CheckpointManager
 from .config import RunConfig, config_diff, config_from_dict, config_to_dict, load_config, save_config
 from .console import UserError, info
@@ -86,8 +92,12 @@ class Trainer:
     """Train a SAGAN described by ``config`` into ``run_dir``.
 
     If ``run_dir`` already holds a run, training resumes from its latest checkpoint, provided the
-    config matches (``steps`` and logging intervals may change); ``overwrite=True`` starts over,
-    deleting the run's files. ``data`` may pass an already opened :class:`ImageData`.
+    config matches (``steps``, logging intervals and speed settings may change); ``overwrite=True``
+    starts over, deleting the run's files. ``data`` may pass an already opened :class:`ImageData`.
+
+    Under torchrun every process builds a Trainer: it joins the process group (NCCL on GPU,
+    gloo on CPU), trains its share of each global batch of ``world x train.batch_size`` images
+    through DistributedDataParallel, and rank 0 alone logs, samples and writes checkpoints.
     With ``train.eval_every`` set, the EMA generator is scored every so many steps with
     torch-fidelity's TF-Inception (or with ``extractor``, any callable from uint8 images to
     ``(features, logits)``), and ``checkpoints/best.pt`` keeps the state with the lowest FID.
@@ -107,16 +117,28 @@ class Trainer:
     ):
         self.run_dir = Path(run_dir)
         self.device = resolve_device(device) if isinstance(device, str) else device
-        self.progress = progress
+        self.device = distributed.init_from_env(self.device)  # a no-op outside torchrun
+        self.rank, self.world = distributed.rank_world()
+        self.main = self.rank == 0
+        self.progress = progress and self.main
         cfg = copy_config(config)
         validate_config(cfg)
+        t = cfg.train
+        if t.sync_bn and self.world > 1 and self.device.type != "cuda":
+            raise UserError("--sync_bn needs GPUs (SyncBatchNorm runs on CUDA only); drop it for CPU training")
+        if t.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UserError("this GPU has no bf16 support; use --precision fp16 (or fp32)")
+        # a gloo group for small CPU-side votes and barriers, whatever the main backend
+        self._cpu_group = None
+        if self.world > 1 and dist.get_backend() == "nccl":
+            self._cpu_group = dist.new_group(backend="gloo")
         if cfg.data is not None:
             cfg.data = str(Path(cfg.data).expanduser().resolve())
         self._check_run_dir(overwrite)  # refuse a foreign directory before any work
         m = cfg.model
         self.data = data or open_dataset(
             cfg.data, m.resolution, m.img_channels, cfg.dataset.split, cfg.dataset.cache, cfg.dataset.workers,
-            progress=progress,
+            progress=self.progress,
         )
         if m.num_classes is None:
             m.num_classes = self.data.num_classes
@@ -134,29 +156,77 @@ class Trainer:
         if cfg.train.eval_every:  # fail now, not hours in, when the weights or the reference are missing
             self._setup_eval(extractor)
 
-        t = cfg.train
+        # the same seed on every rank: identical initial weights, and one stream of noise that each
+        # rank slices its share from (see _noise), so results do not depend on the process count
         torch.manual_seed(t.seed)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.G = build_generator(m).to(self.device, memory_format=self.memory_format)
         self.D = build_discriminator(m).to(self.device, memory_format=self.memory_format)
+        # the EMA keeps plain batch norm, even when G's is synchronised, so sampling needs no group
         self.ema = AveragedModel(self.G, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=False)
+        if t.sync_bn and self.world > 1:
+            self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=t.betas_g, eps=t.adam_eps, **fused)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=t.betas_d, eps=t.adam_eps, **fused)
+        # fp16 needs loss scaling; bf16 and fp32 do not (the scalers are then pass-throughs)
+        self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.d_loss_fn, self.g_loss_fn = get_loss(t.loss)
+        self._build_forwards()
         workers = cfg.dataset.workers if cfg.dataset.workers >= 0 else default_workers()
-        self.stream = BatchStream(self.data, t.batch_size, t.seed, cfg.dataset.flip, self.device, workers=workers)
+        self.stream = BatchStream(self.data, t.batch_size, t.seed, cfg.dataset.flip, self.device,
+                                  rank=self.rank, world=self.world, workers=workers)
         self.ckpts = CheckpointManager(self.run_dir / CKPT_DIR, t.keep_ckpts)
         self.step = 0
         self.steps_run = 0
         self.best_fid = math.inf
         self.stopped_by: str | None = None
-        # everything is checked and built: only now touch the run directory
-        if overwrite:
-            self._delete_previous_run()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / CONFIG_FILE)
+        # everything is checked and built: only now touch the run directory, from rank 0 alone
+        self._barrier()  # every rank has checked the directory before rank 0 changes it
+        if self.main:
+            if overwrite:
+                self._delete_previous_run()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / CONFIG_FILE)
+            for p in self.ckpts.remove_stale_temporaries():
+                info(f"removed {p.name}, left by an interrupted checkpoint write")
+        self._barrier()
         self._resume()
+
+    def _build_forwards(self) -> None:
+        """The callables the steps run. Gradients flow through ``G_train``/``D_train``, wrapped in
+        DistributedDataParallel under torchrun; ``G_fake`` (fakes for D, without gradient) and
+        ``D_frozen`` (D inside G's step, frozen) are the bare modules, so that DDP never waits for
+        gradients that are not computed. ``train.compile`` wraps each in torch.compile."""
+        self.G_train, self.D_train, self.G_fake, self.D_frozen = self.G, self.D, self.G, self.D
+        if self.world > 1:
+            kw: dict[str, Any] = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
+            # buffers are not synchronised in forward: SN's vectors evolve identically on every
+            # rank, and G's batch-norm statistics are each rank's own (rank 0's are saved)
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+                kw["forward_sync_buffers"] = False
+            else:  # torch < 2.14
+                kw["broadcast_buffers"] = False
+            self.G_train = DistributedDataParallel(self.G, **kw)
+            self.D_train = DistributedDataParallel(self.D, **kw)
+        if self.cfg.train.compile:
+            compiled = {}
+            for name in ("G_train", "D_train", "G_fake", "D_frozen"):
+                mod = getattr(self, name)
+                if id(mod) not in compiled:
+                    compiled[id(mod)] = torch.compile(mod)
+                setattr(self, name, compiled[id(mod)])
+
+    def _autocast(self):
+        p = self.cfg.train.precision
+        if p == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier(group=self._cpu_group)
 
     # ------------------------------------------------------------------ run directory
     def _check_run_dir(self, overwrite: bool) -> None:
@@ -194,8 +264,8 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.device.type == "cuda":  # this process's GPU (every rank's draws are the same)
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
             "format": 1,
             "step": self.step,
@@ -205,6 +275,8 @@ class Trainer:
             "ema_n_averaged": self.ema.n_averaged.detach().cpu(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(),
+            "scaler_d": self.scaler_d.state_dict(),
             "rng": rng,
             "data": self.stream.state_dict(),
             "best_fid": self.best_fid,
@@ -218,16 +290,21 @@ class Trainer:
         self.ema.n_averaged.copy_(state["ema_n_averaged"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        for key, scaler in (("scaler_g", self.scaler_g), ("scaler_d", self.scaler_d)):
+            if state.get(key) and scaler.is_enabled():  # empty when saved without fp16
+                scaler.load_state_dict(state[key])
         torch.set_rng_state(state["rng"]["cpu"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        cuda_rng = state["rng"].get("cuda")
+        if cuda_rng is not None and self.device.type == "cuda":
+            if isinstance(cuda_rng, (list, tuple)):  # older checkpoints: every visible GPU
+                torch.cuda.set_rng_state(cuda_rng[self.device.index or 0], self.device)
+            else:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
         self.stream.load_state_dict(state["data"])
         self.step = int(state["step"])
         self.best_fid = float(state.get("best_fid", math.inf))
 
     def _resume(self) -> None:
-        for p in self.ckpts.remove_stale_temporaries():
-            info(f"removed {p.name}, left by an interrupted checkpoint write")
         found = self.ckpts.latest(map_location=self.device)
         if found is None:
             return
@@ -238,39 +315,51 @@ class Trainer:
         self.load_state_dict(state)
         info(f"resuming from {path} (step {self.step:,})")
 
-    def save_checkpoint(self) -> Path:
-        return self.ckpts.save(self.step, self.state_dict())
+    def save_checkpoint(self) -> Path | None:
+        """Rank 0 writes the checkpoint (atomically); every rank waits until it is on disk."""
+        path = self.ckpts.save(self.step, self.state_dict()) if self.main else None
+        self._barrier()
+        return path
 
     # ------------------------------------------------------------------ training
     def _noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        z = torch.randn(n, self.cfg.model.z_dim, device=self.device)
+        """z (and fake labels) for this rank: drawn for the global batch of ``n x world`` from
+        the RNG every rank shares, of which this rank takes its slice."""
+        total = n * self.world
+        z = torch.randn(total, self.cfg.model.z_dim, device=self.device)
         k = self.cfg.model.num_classes
-        y = torch.randint(0, k, (n,), device=self.device) if k else None
-        return z, y
+        y = torch.randint(0, k, (total,), device=self.device) if k else None
+        part = slice(self.rank * n, (self.rank + 1) * n)
+        return z[part], (y[part] if y is not None else None)
 
     def d_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One D update on real ``x, y``; returns (loss, mean D(real), mean D(fake)), unsynchronised."""
         cond = self.cfg.model.num_classes > 0
         z, yf = self._noise(x.shape[0])
-        with torch.no_grad():
-            fake = self.G(z, yf)
-        # one D forward on cat(real, fake): valid because D has no batch-dependent layers
-        logits = self.D(torch.cat([x, fake]), torch.cat([y, yf]) if cond else None)
-        real_l, fake_l = logits.split([x.shape[0], fake.shape[0]])
+        with self._autocast():
+            with torch.no_grad():
+                fake = self.G_fake(z, yf).to(x.dtype)
+            # one D forward on cat(real, fake): valid because D has no batch-dependent layers
+            logits = self.D_train(torch.cat([x, fake]), torch.cat([y, yf]) if cond else None)
+        real_l, fake_l = logits.float().split([x.shape[0], fake.shape[0]])
         loss = self.d_loss_fn(real_l, fake_l)
         self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_d.step()
+        self.scaler_d.scale(loss).backward()
+        self.scaler_d.step(self.opt_d)  # skipped when fp16 gradients overflowed
+        self.scaler_d.update()
         return loss.detach(), real_l.detach().mean(), fake_l.detach().mean()
 
     def g_step(self) -> torch.Tensor:
         """One G update; returns the loss, unsynchronised."""
         z, yf = self._noise(self.cfg.train.batch_size)
         self.D.requires_grad_(False)
-        loss = self.g_loss_fn(self.D(self.G(z, yf), yf))
+        with self._autocast():
+            logits = self.D_frozen(self.G_train(z, yf), yf)
+        loss = self.g_loss_fn(logits.float())
         self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_g.step()
+        self.scaler_g.scale(loss).backward()
+        self.scaler_g.step(self.opt_g)
+        self.scaler_g.update()
         self.D.requires_grad_(True)
         return loss.detach()
 
@@ -285,17 +374,21 @@ class Trainer:
         if self.step >= cfg.steps:
             info(f"{self.run_dir} is already trained to step {self.step:,}; raise --steps to train further")
             return {}
-        from torch.utils.tensorboard import SummaryWriter
+        writer = metrics_file = None
+        if self.main:  # rank 0 alone logs, samples and checkpoints
+            from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
-        if self.step == 0:
-            writer.add_text("config", "```\n" + json.dumps(config_to_dict(cfg), indent=2) + "\n```", 0)
-        metrics_file = open(self.run_dir / "metrics.jsonl", "a")
-        (self.run_dir / "samples").mkdir(exist_ok=True)
+            writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
+            if self.step == 0:
+                writer.add_text("config", "```\n" + json.dumps(config_to_dict(cfg), indent=2) + "\n```", 0)
+            metrics_file = open(self.run_dir / "metrics.jsonl", "a")
+            (self.run_dir / "samples").mkdir(exist_ok=True)
         grid_z, grid_y = grid_inputs(cfg.model.num_classes, cfg.model.z_dim, t.grid_columns, t.grid_max_rows, t.seed + 1)
         self.G.train()
         self.D.train()
-        info(f"training on {self.device} into {self.run_dir}")
+        where = f"{self.world} processes ({self.device.type})" if self.world > 1 else str(self.device)
+        extras = [f"precision {t.precision}"] + (["torch.compile (the first steps compile)"] if t.compile else [])
+        info(f"training on {where} into {self.run_dir}, global batch {t.batch_size * self.world}, {', '.join(extras)}")
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True, disable=not self.progress)
         sums = torch.zeros(5, device=self.device)  # d_loss, g_loss, d_real, d_fake, count
         last: dict[str, float] = {}
@@ -312,16 +405,19 @@ class Trainer:
                     self.step += 1
                     self.steps_run += 1
                     self.update_ema()
-                    sums += torch.stack([d_loss, g_loss, d_real, d_fake, torch.ones((), device=self.device)])
+                    sums += torch.stack([d_loss.float(), g_loss.float(), d_real, d_fake, torch.ones((), device=self.device)])
                     bar.update(1)
-                    end = self.step >= cfg.steps or stop.requested is not None
+                    requested = self._agree_stop(stop.requested)
+                    end = self.step >= cfg.steps or requested is not None
                     if self.step % t.log_every == 0 or end:
                         elapsed = time.perf_counter() - t0
-                        last = self._log(sums, imgs / max(elapsed, 1e-9), writer, metrics_file)
+                        if self.world > 1:
+                            dist.all_reduce(sums)  # means over the global batch
+                        last = self._log(sums, imgs * self.world / max(elapsed, 1e-9), writer, metrics_file)
                         bar.set_postfix(d=f"{last['d_loss']:.3f}", g=f"{last['g_loss']:.3f}", img_s=f"{last['img_per_s']:.0f}")
                         sums.zero_()
                         t0, imgs = time.perf_counter(), 0
-                    if self.step % t.sample_every == 0 or end:
+                    if self.main and (self.step % t.sample_every == 0 or end):
                         self._sample(grid_z, grid_y, writer)
                     eval_due = t.eval_every and (self.step % t.eval_every == 0 or self.step == cfg.steps)
                     ckpt_due = self.step % t.ckpt_every == 0 or end
@@ -331,16 +427,26 @@ class Trainer:
                         self._evaluate(writer, metrics_file)
                     if ckpt_due:
                         self.save_checkpoint()
-                    if stop.requested is not None:
-                        self.stopped_by = stop.requested
-                        info(f"{stop.requested}: stopped after step {self.step:,} and saved a checkpoint; "
+                    if requested is not None:
+                        self.stopped_by = requested
+                        info(f"{requested}: stopped after step {self.step:,} and saved a checkpoint; "
                              "run the same command again to resume")
                         break
         finally:
             bar.close()
-            writer.close()
-            metrics_file.close()
+            if writer is not None:
+                writer.close()
+                metrics_file.close()
         return last
+
+    def _agree_stop(self, requested: str | None) -> str | None:
+        """Under torchrun, a signal may reach one rank only: every step the ranks vote, and all
+        stop after the same step when any of them was asked to (SIGTERM outranks SIGINT)."""
+        if self.world == 1:
+            return requested
+        vote = torch.tensor([signal.Signals[requested].value if requested else 0])
+        dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=self._cpu_group)
+        return signal.Signals(int(vote)).name if int(vote) else None
 
     def _check_finite(self) -> None:
         """Raise TrainingDiverged naming every network (and its first parameter) with NaN/Inf."""
@@ -368,6 +474,10 @@ class Trainer:
                 f"(d_loss {s[0]}, g_loss {s[1]}); the last good checkpoint is kept (try lower learning rates)"
             )
         rec["lr_g"], rec["lr_d"] = self.opt_g.param_groups[0]["lr"], self.opt_d.param_groups[0]["lr"]
+        if self.cfg.train.precision == "fp16":
+            rec["loss_scale_g"], rec["loss_scale_d"] = self.scaler_g.get_scale(), self.scaler_d.get_scale()
+        if not self.main:
+            return rec
         for net, model in (("G", self.G), ("D", self.D)):
             for name, g in attention_gammas(model).items():
                 rec[f"gamma/{net}.{name}"] = g
@@ -406,6 +516,9 @@ class Trainer:
 
         t = self.cfg.train
         devices = [self.device] if self.device.type == "cuda" else []
+        if self.world > 1:  # every rank generates a share: all need rank 0's batch-norm statistics
+            for b in self.ema.module.buffers():
+                dist.broadcast(b, src=0)
         started = time.perf_counter()
         with torch.random.fork_rng(devices=devices):
             res = evaluate_generator(self.ema.module, self.eval_data, n=t.eval_samples, extractor=self.extractor,
@@ -416,6 +529,9 @@ class Trainer:
         if improved:
             self.best_fid = res["fid"]
         rec["best_fid"] = self.best_fid
+        if not self.main:
+            self._barrier()  # rank 0 writes best.pt
+            return rec
         metrics_file.write(json.dumps(rec) + "\n")
         metrics_file.flush()
         for key, tag in (("fid", "FID"), ("is", "IS"), ("kid", "KID"), ("intra_fid", "intra_FID")):
@@ -424,6 +540,7 @@ class Trainer:
         writer.add_scalar("eval/best_FID", self.best_fid, self.step)
         if improved:
             self.ckpts.save_best(self.state_dict())
+        self._barrier()
         info(f"step {self.step:,}: FID {res['fid']:.2f}, IS {res['is']:.2f}"
              + (f", intra-FID {res['intra_fid']:.2f}" if "intra_fid" in res else "")
              + (" (best so far: saved checkpoints/best.pt)" if improved else f" (best {self.best_fid:.2f})"))
@@ -450,18 +567,24 @@ class _StopRequest:
 
 
 @contextmanager
-def graceful_stop():
+def graceful_stop(echo_s: float = 2.0):
     """While active, SIGINT and SIGTERM ask the loop to finish its step, checkpoint and stop;
-    a second signal interrupts at once. Outside the main thread, signals are left alone."""
+    a second signal interrupts at once. A second signal within ``echo_s`` seconds of the first
+    is taken for an echo and ignored: on Ctrl-C, torchrun forwards SIGINT to processes that
+    the terminal has already signalled. Outside the main thread, signals are left alone."""
     req = _StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield req
         return
+    first = [0.0]
 
     def handler(signum, frame):
         if req.requested is not None:
+            if time.monotonic() - first[0] < echo_s:
+                return
             raise KeyboardInterrupt
         req.requested = signal.Signals(signum).name
+        first[0] = time.monotonic()
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

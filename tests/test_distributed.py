@@ -1,0 +1,118 @@
+"""DistributedDataParallel training under torchrun: two gloo processes on the CPU."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).parent / "ddp_script.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _run(data, out, mode, batch, steps, world):
+    cmd = [sys.executable, str(SCRIPT), str(data), str(out), mode, str(batch), str(steps)]
+    if world > 1:
+        cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world)]
+    run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [torch.load(p, weights_only=True) for p in sorted(out.glob("params.*.pt"))]
+
+
+def _max_diff(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from conftest import write_class_folder
+
+    root = tmp_path_factory.mktemp("ddp")
+    data = write_class_folder(root / "shapes", per_class=64)
+    runs = {(mode, world): _run(data, root / f"{mode}{world}", mode, 32 // world, 3, world)
+            for mode in ("manual", "fit") for world in (1, 2)}
+    runs[("fit-seed1", 1)] = _run(data, root / "seed1", "fit-seed1", 32, 3, 1)
+    return runs
+
+
+@pytest.mark.parametrize("mode", ["manual", "fit"])
+def test_every_rank_holds_the_same_weights(runs, mode):
+    r0, r1 = runs[(mode, 2)]
+    for net in ("G", "D"):
+        for k in r0[net]:
+            assert torch.equal(r0[net][k], r1[net][k]), (net, k)
+
+
+def test_two_processes_match_one_with_the_global_batch(runs):
+    """With G in eval mode nothing depends on how the batch is split: the data shards, the
+    per-rank noise and DDP's gradient averaging must give one process's updates."""
+    (one,), (two, _) = runs[("manual", 1)], runs[("manual", 2)]
+    for net in ("G", "D"):
+        assert _max_diff(one[net], two[net]) < 1e-5, net
+
+
+def _moved(a, b):
+    """|a - b| / |b| over all tensors of two state dicts."""
+    return (torch.cat([(a[k] - b[k]).flatten() for k in a]).norm() / torch.cat([v.flatten() for v in b.values()]).norm()).item()
+
+
+def test_training_with_batch_norm_stays_close_to_one_process(runs):
+    """In training, G's batch norm normalises each rank's 16 images rather than all 32 (without
+    SyncBN, which needs GPUs), so the runs drift apart a little: far less than two runs that
+    differ only in their seed, which start from other weights and see other data and noise.
+    Distances are relative to the weights' norm and measured from each run's own start."""
+    (one,), (two, _), (other,) = runs[("fit", 1)], runs[("fit", 2)], runs[("fit-seed1", 1)]
+    for net in ("G", "D"):
+        step = {k: one[net][k] - one["init"][net][k] for k in one[net]}
+        apart = _moved({k: two[net][k] - two["init"][net][k] for k in step}, step)
+        reseeded = _moved({k: other[net][k] - other["init"][net][k] for k in step}, step)
+        print(net, apart, reseeded)
+        assert apart < 0.5 * reseeded, net
+
+
+def _children(pid):
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {int(k): dict(e.split("=", 1) for e in Path(f"/proc/{k}/environ").read_text().split("\0") if "=" in e)
+            for k in kids}
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """Preemption under torchrun: a signal reaching only rank 1 is voted on at every step, both
+    ranks stop after the same step, rank 0 saves, and the next launch resumes from there."""
+    from conftest import write_class_folder
+
+    data = write_class_folder(tmp_path / "shapes", per_class=24)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "sagan", "train", "--data", str(data), "--out", str(tmp_path / "run"), "--device", "cpu",
+           "--no_progress", "--steps", "100000", "--model.resolution", "32", "--model.ch", "4", "--model.z_dim", "8",
+           "--train.batch_size", "4", "--train.log_every", "1", "--train.ckpt_every", "100000",
+           "--train.sample_every", "100000", "--dataset.workers", "0"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    rank1 = [pid for pid, env in _children(proc.pid).items() if env.get("RANK") == "1"]
+    assert len(rank1) == 1
+    os.kill(rank1[0], signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("ckpt_*.pt"))
+    assert len(ckpts) == 1
+    step = int(ckpts[0].stem.split("_")[1])
+    assert f"SIGTERM: stopped after step {step:,}" in err
+    state = torch.load(ckpts[0], weights_only=True)
+    assert state["step"] == step and state["data"]["world"] == 2
+    rows = metrics.read_text().splitlines()
+    assert len(rows) == step  # rank 0 logged every step up to the agreed one, no more
+
+    resume = [a if a != "100000" or cmd[i - 1] != "--steps" else str(step + 2) for i, a in enumerate(cmd)]
+    run = subprocess.run(resume, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "resuming from" in run.stderr and f"(step {step:,})" in run.stderr
+    assert torch.load(tmp_path / "run" / "checkpoints" / f"ckpt_{step + 2:08d}.pt", weights_only=True)["step"] == step + 2
