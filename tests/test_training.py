@@ -164,3 +164,35 @@ def test_missing_inception_weights_stop_training_before_it_starts(tiny_folder, t
     with pytest.raises(UserError, match="Inception weights"):
         Trainer(tiny_config(tiny_folder, eval_every=2), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # nothing was written
+
+
+def test_bf16_autocast_runs_convolutions_in_bf16_and_keeps_fp32_weights(tiny_folder, tmp_path):
+    tr = Trainer(tiny_config(tiny_folder, steps=1, precision="bf16"), tmp_path / "run", progress=False)
+    seen = {}
+    first_conv = {"G": next(m for m in tr.G.modules() if isinstance(m, torch.nn.Conv2d)),
+                  "D": next(m for m in tr.D.modules() if isinstance(m, torch.nn.Conv2d))}
+    for net, conv in first_conv.items():
+        conv.register_forward_hook(lambda mod, args, out, net=net: seen.setdefault(net, out.dtype) and None)
+    before = {k: v.clone() for k, v in tr.D.state_dict().items()}
+    tr.fit()
+    assert seen == {"G": torch.bfloat16, "D": torch.bfloat16}
+    for net in (tr.G, tr.D, tr.ema.module):
+        assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert any(not torch.equal(before[k], v) for k, v in tr.D.state_dict().items())  # it trained
+
+
+def test_fp16_grad_scaler_skips_overflowing_steps_and_resumes_its_scale(tiny_folder, tmp_path):
+    tr = Trainer(tiny_config(tiny_folder, steps=1, precision="fp16", ckpt_every=100), tmp_path / "run", progress=False)
+    assert tr.scaler_d.is_enabled() and tr.scaler_g.is_enabled()
+    tr.scaler_d.load_state_dict({**tr.scaler_d.state_dict(), "scale": 8.0})
+    x, y = next(tr.stream)
+    D0 = {k: v.clone() for k, v in tr.D.state_dict().items()}
+    tr.d_step(torch.full_like(x, float("inf")), y)  # every gradient overflows: no update, scale halved
+    assert tr.scaler_d.get_scale() == 4.0
+    assert all(torch.equal(D0[k], v) for k, v in tr.D.state_dict().items() if "original" in k)
+    tr.d_step(x, y)
+    assert tr.scaler_d.get_scale() == 4.0  # grows only after growth_interval good steps
+    assert any(not torch.equal(D0[k], v) for k, v in tr.D.state_dict().items() if "original" in k)
+    tr.save_checkpoint()
+    resumed = Trainer(tiny_config(tiny_folder, steps=1, precision="fp16", ckpt_every=100), tmp_path / "run", progress=False)
+    assert resumed.scaler_d.get_scale() == 4.0
