@@ -363,6 +363,22 @@ class Trainer:
         self.D.requires_grad_(True)
         return loss.detach()
 
+    def train_iteration(self) -> tuple[torch.Tensor, int]:
+        """One training iteration: ``n_dis`` D steps on real batches, one G step, the EMA update.
+        Returns (d_loss, g_loss, D(real), D(fake), 1) of the last D step and the G step, without
+        a device sync, and the number of real images this process fed to D."""
+        imgs = 0
+        for _ in range(self.cfg.train.n_dis):
+            x, y = next(self.stream)
+            x = x.contiguous(memory_format=self.memory_format)
+            d_loss, d_real, d_fake = self.d_step(x, y)
+            imgs += x.shape[0]
+        g_loss = self.g_step()
+        self.step += 1
+        self.update_ema()
+        one = torch.ones((), device=self.device)
+        return torch.stack([d_loss.float(), g_loss.float(), d_real, d_fake, one]), imgs
+
     def update_ema(self) -> None:
         if self.step < self.cfg.train.ema_start:
             self.ema.n_averaged.zero_()  # the next update copies G
@@ -396,16 +412,10 @@ class Trainer:
         try:
             with graceful_stop() as stop:
                 while self.step < cfg.steps:
-                    for _ in range(t.n_dis):
-                        x, y = next(self.stream)
-                        x = x.contiguous(memory_format=self.memory_format)
-                        d_loss, d_real, d_fake = self.d_step(x, y)
-                        imgs += x.shape[0]
-                    g_loss = self.g_step()
-                    self.step += 1
+                    stats, n = self.train_iteration()
+                    sums += stats
+                    imgs += n
                     self.steps_run += 1
-                    self.update_ema()
-                    sums += torch.stack([d_loss.float(), g_loss.float(), d_real, d_fake, torch.ones((), device=self.device)])
                     bar.update(1)
                     requested = self._agree_stop(stop.requested)
                     end = self.step >= cfg.steps or requested is not None
