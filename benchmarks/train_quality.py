@@ -13,31 +13,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import append_rows, device_name
 
 from sagan.cli import main as sagan_main
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-
-
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or "CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+HEADER = ["date", "device", "torch", "command", "steps", "wall time", "time/step", "final losses", "note"]
 
 
 def main() -> None:
@@ -64,16 +50,11 @@ def main() -> None:
         sys.exit(rc)
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     grid = out / "samples" / "latest.png"
-    row = (
-        f"| {datetime.date.today()} | {device_name()} | torch {torch.__version__} | `sagan {shlex.join(cmd)}` | "
-        f"{last['step']} | {wall / 60:.1f} min | {wall / last['step']:.2f} s | "
-        f"d {last['d_loss']:.3f}, g {last['g_loss']:.3f} | {args.note} |"
-    )
-    if not RESULTS.exists():
-        RESULTS.write_text("# Results\n\n")
-    with open(RESULTS, "a") as f:
-        f.write(row + "\n")
-    print(row)
+    row = [str(datetime.date.today()), device_name(), f"torch {torch.__version__}", f"`sagan {shlex.join(cmd)}`",
+           str(last["step"]), f"{wall / 60:.1f} min", f"{wall / last['step']:.2f} s",
+           f"d {last['d_loss']:.3f}, g {last['g_loss']:.3f}", args.note]
+    append_rows("Training runs (`benchmarks/train_quality.py`)", HEADER, [row])
+    print(" | ".join(row))
     print(f"final grid: {grid}")
 
 

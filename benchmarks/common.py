@@ -1,0 +1,76 @@
+"""What every benchmark script shares: a name for the device, peak throughput figures, and
+appending rows to a table of RESULTS.md."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+# dense peak TFLOP/s by GPU name fragment: (bf16/fp16 tensor cores, tf32 tensor cores, plain fp32)
+PEAK_TFLOPS = {
+    "H200": (989.4, 494.7, 66.9),
+    "H100": (989.4, 494.7, 66.9),  # SXM; the PCIe card is lower (756 / 378 / 51)
+    "A100": (312.0, 156.0, 19.5),
+    "L40S": (362.1, 183.0, 91.6),
+    "RTX 4090": (165.2, 82.6, 82.6),
+}
+
+
+def device_name(device: torch.device | None = None) -> str:
+    """The GPU's name, or the CPU model and the number of threads torch uses."""
+    if (device is None or device.type == "cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device or 0)
+    cpu = platform.processor() or "CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The device's dense peak in FLOP/s for ``precision`` (fp32 counts TF32 when torch allows
+    it for matmuls and convolutions); None when unknown (every CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, (half, tf32, fp32) in PEAK_TFLOPS.items():
+        if key in name:
+            if precision in ("bf16", "fp16"):
+                return half * 1e12
+            tf32_on = torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+            return (tf32 if tf32_on else fp32) * 1e12
+    return None
+
+
+def append_rows(section: str, header: list[str], rows: list[list[str]]) -> None:
+    """Add ``rows`` at the end of the table under ``## section`` in RESULTS.md, creating the
+    section (at the end of the file) and the table header when they are missing."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Results\n"
+    lines = text.splitlines()
+    fmt = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
+    title = f"## {section}"
+    if title not in lines:
+        lines += ["", title, "", fmt(header), fmt(["---"] * len(header))]
+        at = len(lines)
+    else:
+        i = lines.index(title) + 1
+        while i < len(lines) and not lines[i].startswith("|"):
+            if lines[i].startswith("## "):
+                break
+            i += 1
+        if i >= len(lines) or not lines[i].startswith("|"):  # section without a table yet
+            lines[i:i] = [fmt(header), fmt(["---"] * len(header))]
+            i += 2
+        while i < len(lines) and lines[i].startswith("|"):
+            i += 1
+        at = i
+    lines[at:at] = [fmt(r) for r in rows]
+    RESULTS.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,234 @@
+"""Training throughput of the presets: images per second, time per G+D iteration, peak memory
+and model FLOPs utilisation, for each precision and eager or compiled execution.
+
+    python benchmarks/throughput.py                                   # cifar10 + imagenet128, full size
+    python benchmarks/throughput.py --preset cifar10 --ch 16 --batch_size 16 --iters 5   # CPU-sized
+    python benchmarks/throughput.py --preset imagenet128 --data ../shared/data/celeba.zip  # + loader speed
+    python benchmarks/throughput.py ... --record                      # append the rows to RESULTS.md
+
+What is measured is `Trainer.train_iteration`, the loop body of `sagan train`: n_dis D steps on
+real batches plus one G step and the EMA update. "img/s" counts real images through D per
+second over all n_dis steps. Data come from a synthetic in-memory set, so the loader is not
+in the way; `--data` measures the loader on its own (decoding on the fly and from the cache)
+to compare with what training consumes. FLOPs are counted with torch.utils.flop_counter on one
+eager iteration (forward and backward of G and D); MFU divides them by the iteration time and
+the device's dense peak (fp32 against plain fp32, or TF32 when torch enables it). Each
+configuration runs in a fresh subprocess, so peak memory (CUDA: max allocated; CPU: the
+process's peak RSS) and compile caches belong to it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import append_rows, device_name, peak_flops
+
+SECTION = "Throughput (`benchmarks/throughput.py`)"
+HEADER = ["date", "device", "torch", "command", "preset", "model", "precision", "mode", "img/s", "ms/iter",
+          "peak memory", "GFLOP/iter", "MFU"]
+LOADER_SECTION = "Data loading (`benchmarks/throughput.py --data`)"
+LOADER_HEADER = ["date", "device", "torch", "command", "data", "resolution", "source", "workers", "img/s"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+    import resource
+
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS"
+
+
+def _config(preset: str, precision: str, compiled: bool, ch: int | None, batch_size: int | None, n_dis: int | None):
+    from sagan.config import load_preset
+
+    cfg = load_preset(preset)
+    if ch:
+        cfg.model.g_ch = cfg.model.d_ch = ch
+    if batch_size:
+        cfg.train.batch_size = batch_size
+    if n_dis:
+        cfg.train.n_dis = n_dis
+    cfg.train.precision, cfg.train.compile = precision, compiled
+    cfg.dataset.workers = 0
+    return cfg
+
+
+def _synthetic(cfg, classes: int):
+    from sagan.data import ImageData
+
+    n = cfg.train.batch_size * cfg.train.n_dis * 2
+    r = cfg.model.resolution
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, r, r), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    return ImageData(r, 3, labels, [str(i) for i in range(classes)], "synthetic", images=images)
+
+
+def _count_flops(tr) -> float:
+    """FLOPs of one training iteration, counted on the eager modules."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    saved = tr.G_train, tr.D_train, tr.G_fake, tr.D_frozen
+    tr.G_train, tr.D_train, tr.G_fake, tr.D_frozen = tr.G, tr.D, tr.G, tr.D
+    try:
+        with FlopCounterMode(display=False) as counter:
+            tr.train_iteration()
+    finally:
+        tr.G_train, tr.D_train, tr.G_fake, tr.D_frozen = saved
+    return float(counter.get_total_flops())
+
+
+def measure_one(spec: dict) -> dict:
+    """Build a Trainer for ``spec`` and time ``iters`` iterations after ``warmup``."""
+    from sagan.training import Trainer, resolve_device
+
+    device = resolve_device(spec["device"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    cfg = _config(spec["preset"], spec["precision"], spec["mode"] == "compiled", spec["ch"], spec["batch_size"],
+                  spec["n_dis"])
+    classes = {"imagenet128": 1000, "cifar10": 10}.get(spec["preset"], 10)
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = Trainer(cfg, Path(tmp) / "run", device=device, data=_synthetic(cfg, classes), progress=False)
+        started = time.perf_counter()
+        for _ in range(spec["warmup"]):
+            tr.train_iteration()
+        _sync(device)
+        warm_s = time.perf_counter() - started
+        t0 = time.perf_counter()
+        for _ in range(spec["iters"]):
+            stats, imgs = tr.train_iteration()
+        stats.tolist()  # the losses must be finite numbers, and a sync
+        _sync(device)
+        elapsed = time.perf_counter() - t0
+        peak_mem = _peak_memory(device)
+        flops = _count_flops(tr)
+    per_iter = elapsed / spec["iters"]
+    peak = peak_flops(device, spec["precision"])
+    return {
+        "img_per_s": imgs * spec["iters"] / elapsed,
+        "ms_per_iter": per_iter * 1e3,
+        "warmup_s": warm_s,
+        "peak_memory": peak_mem,
+        "gflop_per_iter": flops / 1e9,
+        "mfu": flops / per_iter / peak if peak else None,
+        "model": f"{cfg.model.resolution}px, g_ch/d_ch {cfg.model.g_ch}/{cfg.model.d_ch}, "
+                 f"batch {cfg.train.batch_size}, n_dis {cfg.train.n_dis}",
+        "device": device_name(device),
+    }
+
+
+def measure_loader(path: str, resolution: int, batch_size: int, workers: int, batches: int) -> list[dict]:
+    """Images per second that BatchStream delivers, decoding on the fly and from the cache."""
+    from sagan.data import BatchStream, open_dataset
+    from sagan.training import resolve_device
+
+    device = resolve_device("auto")
+    out = []
+    for cache in ("none", "memory"):
+        t0 = time.perf_counter()
+        data = open_dataset(path, resolution, 3, cache=cache, workers=workers, progress=False)
+        prep = time.perf_counter() - t0
+        stream = BatchStream(data, batch_size, seed=0, flip=True, device=device, workers=workers)
+        next(stream)  # start the workers
+        t0 = time.perf_counter()
+        n = 0
+        for _ in range(batches):
+            x, _ = next(stream)
+            n += x.shape[0]
+        _sync(device)
+        rate = n / (time.perf_counter() - t0)
+        source = "decoded on the fly" if cache == "none" else f"in-memory cache (filled in {prep:.0f} s)"
+        out.append({"source": source, "img_per_s": rate})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", nargs="+", default=["cifar10", "imagenet128"])
+    ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--mode", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    ap.add_argument("--ch", type=int, default=None, help="G and D width (default: the preset's)")
+    ap.add_argument("--batch_size", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--n_dis", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--iters", type=int, default=10, help="timed iterations")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed iterations first (compilation happens here)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--data", default=None, help="also measure the data loader on these images")
+    ap.add_argument("--workers", type=int, default=8, help="decoding workers for --data")
+    ap.add_argument("--record", action="store_true", help="append the rows to benchmarks/RESULTS.md")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one configuration, as JSON
+    args = ap.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(measure_one(json.loads(args.one))), flush=True)
+        return
+
+    command = "python benchmarks/throughput.py " + shlex.join(a for a in sys.argv[1:] if a != "--record")
+    today, torch_v = str(datetime.date.today()), f"torch {torch.__version__}"
+    rows, speed = [], {}
+    for preset in args.preset:
+        for precision in args.precision:
+            for mode in args.mode:
+                spec = dict(preset=preset, precision=precision, mode=mode, ch=args.ch, batch_size=args.batch_size,
+                            n_dis=args.n_dis, iters=args.iters, warmup=args.warmup, device=args.device)
+                print(f"{preset} {precision} {mode} ...", file=sys.stderr, flush=True)
+                run = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True,
+                                     text=True)
+                lines = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
+                if run.returncode or not lines:
+                    err = (run.stderr.strip().splitlines() or ["no output"])[-1]
+                    print(f"  failed: {err}", file=sys.stderr)
+                    rows.append([today, device_name(), torch_v, f"`{command}`", preset, "", precision, mode,
+                                 f"failed: {err}", "", "", "", ""])
+                    continue
+                r = json.loads(lines[-1][len("RESULT "):])
+                speed[(preset, precision, mode)] = r["img_per_s"]
+                mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (no peak for a CPU)"
+                rows.append([today, r["device"], torch_v, f"`{command}`", preset, r["model"], precision, mode,
+                             f"{r['img_per_s']:.1f}", f"{r['ms_per_iter']:.1f}", r["peak_memory"],
+                             f"{r['gflop_per_iter']:.1f}", mfu])
+                print(f"  {r['img_per_s']:.1f} img/s, {r['ms_per_iter']:.1f} ms/iter, {r['peak_memory']}, "
+                      f"{r['gflop_per_iter']:.1f} GFLOP/iter, MFU {mfu}, warm-up {r['warmup_s']:.1f} s",
+                      file=sys.stderr)
+    for preset in args.preset:
+        base = speed.get((preset, "fp32", "eager"))
+        for (p, precision, mode), v in speed.items():
+            if p == preset and base and (precision, mode) != ("fp32", "eager"):
+                print(f"{preset} {precision} {mode}: {v / base:.2f}x the images/s of fp32 eager", file=sys.stderr)
+    print("| " + " | ".join(HEADER) + " |")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+    loader_rows = []
+    if args.data:
+        from sagan.config import load_preset
+
+        cfg = load_preset(args.preset[-1])
+        res, bs = cfg.model.resolution, args.batch_size or cfg.train.batch_size
+        for r in measure_loader(args.data, res, bs, args.workers, batches=max(20, 2000 // bs)):
+            loader_rows.append([today, device_name(), torch_v, f"`{command}`", args.data, str(res), r["source"],
+                                str(args.workers), f"{r['img_per_s']:.0f}"])
+            print(f"loader, {r['source']}: {r['img_per_s']:.0f} img/s at {res}px", file=sys.stderr)
+    if args.record:
+        append_rows(SECTION, HEADER, rows)
+        if loader_rows:
+            append_rows(LOADER_SECTION, LOADER_HEADER, loader_rows)
+        print(f"recorded in {Path(__file__).with_name('RESULTS.md')}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
