@@ -110,7 +110,7 @@ def main() -> None:
         print("RESULT " + json.dumps(measure(json.loads(args.one))), flush=True)
         return
 
-    command = "python benchmarks/attention.py " + shlex.join(a for a in sys.argv[1:] if a != "--record")
+    command = " ".join(["python benchmarks/attention.py", shlex.join(a for a in sys.argv[1:] if a != "--record")]).strip()
     rows = []
     for s in args.sizes:
         res = {}

@@ -177,7 +177,7 @@ def main() -> None:
         print("RESULT " + json.dumps(measure_one(json.loads(args.one))), flush=True)
         return
 
-    command = "python benchmarks/throughput.py " + shlex.join(a for a in sys.argv[1:] if a != "--record")
+    command = " ".join(["python benchmarks/throughput.py", shlex.join(a for a in sys.argv[1:] if a != "--record")]).strip()
     today, torch_v = str(datetime.date.today()), f"torch {torch.__version__}"
     rows, speed = [], {}
     for preset in args.preset:
