@@ -1,7 +1,7 @@
 """Time and peak memory of the self-attention block (forward + backward) against a naive
 reference that materialises the N x N/4 softmax, over feature maps from 16x16 to 128x128.
 
-    python benchmarks/attention.py                                  # GPU: batch 32, 128 channels, bf16
+    python benchmarks/attention.py                                  # GPU: batch 128, 128 channels, bf16
     python benchmarks/attention.py --batch 2 --channels 64 --dtype fp32   # CPU-sized
     python benchmarks/attention.py ... --record                     # append the rows to RESULTS.md
 
@@ -98,7 +98,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     gpu = torch.cuda.is_available()
     ap.add_argument("--sizes", nargs="+", type=int, default=[16, 32, 64, 128], help="feature-map sides")
-    ap.add_argument("--batch", type=int, default=32 if gpu else 2)
+    ap.add_argument("--batch", type=int, default=128 if gpu else 2)
     ap.add_argument("--channels", type=int, default=128 if gpu else 64)
     ap.add_argument("--dtype", default="bf16" if gpu else "fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--repeats", type=int, default=5)
