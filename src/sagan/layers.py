@@ -228,9 +228,14 @@ class ConditionalBatchNorm2d(nn.Module):
             return h * self.weight.view(1, -1, 1, 1) + self.bias_.view(1, -1, 1, 1)
         if y is None:
             raise ValueError("this conditional batch norm needs y (class labels or a shared embedding)")
-        gain = self.gain(y)
+        if self.mode == "class" and y.is_floating_point():
+            # (B, num_classes) class weights: a mixture of the class embeddings (one-hot rows
+            # give exactly the lookup), for class interpolation
+            gain, bias = y @ self.gain.weight, y @ self.bias.weight
+        else:
+            gain, bias = self.gain(y), self.bias(y)
         gain = 1 + gain if self._one_plus else gain
-        return h * gain.view(-1, self.num_features, 1, 1) + self.bias(y).view(-1, self.num_features, 1, 1)
+        return h * gain.view(-1, self.num_features, 1, 1) + bias.view(-1, self.num_features, 1, 1)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, mode={self.mode}, num_classes={self.num_classes}"

@@ -141,7 +141,9 @@ class Generator(nn.Module):
         bn_eps, bn_momentum: batch-norm settings.
         init: weight init: ``ortho`` (BigGAN), ``xavier``, ``normal`` or ``default``.
 
-    ``G(z, y)`` returns images in [-1, 1]; ``y`` holds class indices (ignored when unconditional).
+    ``G(z, y)`` returns images in [-1, 1]; ``y`` holds class indices (ignored when unconditional),
+    or float class weights of shape ``(B, num_classes)``, which mix the class embeddings (a
+    one-hot row gives exactly that class).
     """
 
     def __init__(
@@ -194,7 +196,14 @@ class Generator(nn.Module):
         if self.num_classes > 0:
             if y is None:
                 raise ValueError(f"this generator is class-conditional ({self.num_classes} classes): pass y")
-            cond = self.shared(y) if self.shared is not None else y
+            if y.is_floating_point() and y.shape[-1] != self.num_classes:
+                raise ValueError(f"class weights need {self.num_classes} columns, got shape {tuple(y.shape)}")
+            if self.shared is None:
+                cond = y
+            elif y.is_floating_point():
+                cond = y @ self.shared.weight  # a mixture of the shared class embeddings
+            else:
+                cond = self.shared(y)
         else:
             cond = None
         h = self.linear(z).view(z.shape[0], self.bottom_channels, BOTTOM_WIDTH, BOTTOM_WIDTH)

@@ -1,0 +1,82 @@
+"""Walks through a generator's inputs: latent interpolation between seeds (lerp or slerp) and
+class interpolation, which mixes class embeddings. Endpoints are exactly the samples that
+``sagan sample --seed S --class C`` draws."""
+
+from __future__ import annotations
+
+import torch
+
+from .models import Generator, truncate
+
+__all__ = ["seed_latent", "lerp", "slerp", "latent_path", "class_path", "interpolate"]
+
+
+def seed_latent(z_dim: int, seed: int, truncation: float | None = None) -> torch.Tensor:
+    """The z of ``Generator.sample(1, seed=seed)``, shape (z_dim,)."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(1, z_dim, generator=gen)
+    return (truncate(z, truncation, gen) if truncation is not None else z)[0]
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Straight line from ``a`` to ``b`` at fractions ``t`` (shape (T,)): (T, *a.shape)."""
+    t = t.view(-1, *([1] * a.ndim))
+    return (1 - t) * a + t * b
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation (Shoemake), as GAN papers use it on z: constant angular speed
+    along the arc between ``a`` and ``b``. High-dimensional Gaussian z are nearly orthogonal with
+    nearly equal norms, so intermediate z keep a typical norm, where lerp's midpoint is ~30% short."""
+    na, nb = a.norm(), b.norm()
+    cos = torch.clamp(torch.dot(a / na, b / nb), -1.0, 1.0)
+    omega = torch.arccos(cos)
+    if omega.abs() < 1e-4:  # (nearly) parallel: the arc is a line
+        return lerp(a, b, t)
+    tt = t.view(-1, 1)
+    so = torch.sin(omega)
+    return (torch.sin((1 - tt) * omega) / so) * a + (torch.sin(tt * omega) / so) * b
+
+
+def latent_path(z_dim: int, seeds: list[int], steps: int, method: str = "slerp",
+                truncation: float | None = None) -> torch.Tensor:
+    """z along seeds[0] -> seeds[1] -> ..., ``steps`` points per segment, endpoints included
+    once: shape ((len(seeds) - 1) * (steps - 1) + 1, z_dim)."""
+    if len(seeds) < 2 or steps < 2:
+        raise ValueError("need at least two seeds and two steps")
+    fn = {"slerp": slerp, "lerp": lerp}[method]
+    zs = [seed_latent(z_dim, s, truncation) for s in seeds]
+    t = torch.linspace(0, 1, steps)
+    parts = [fn(zs[i], zs[i + 1], t)[(1 if i else 0):] for i in range(len(zs) - 1)]
+    return torch.cat(parts)
+
+
+def class_path(num_classes: int, classes: list[int], steps: int) -> torch.Tensor:
+    """Class weights along classes[0] -> classes[1] -> ...: rows of shape (num_classes,) that
+    mix two one-hot vectors, which mixes the class embeddings linearly."""
+    if len(classes) < 2 or steps < 2:
+        raise ValueError("need at least two classes and two steps")
+    eye = torch.eye(num_classes)
+    t = torch.linspace(0, 1, steps)
+    parts = [lerp(eye[classes[i]], eye[classes[i + 1]], t)[(1 if i else 0):] for i in range(len(classes) - 1)]
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def interpolate(G: Generator, z: torch.Tensor, y: torch.Tensor | None, batch_size: int = 64) -> torch.Tensor:
+    """Images for rows of ``z`` with labels or class weights ``y`` (broadcast when one row),
+    in eval mode, batch-independent."""
+    device = next(G.parameters()).device
+    was = G.training
+    G.eval()
+    try:
+        out = []
+        for i in range(0, z.shape[0], batch_size):
+            zb = z[i : i + batch_size].to(device)
+            yb = None
+            if y is not None:
+                yb = (y.expand(zb.shape[0], *y.shape[1:]) if y.shape[0] == 1 else y[i : i + batch_size]).to(device)
+            out.append(G(zb, yb).cpu())
+        return torch.cat(out)
+    finally:
+        G.train(was)
