@@ -13,7 +13,7 @@ from torchvision.utils import save_image
 from .checkpoints import CheckpointManager, load_checkpoint
 from .config import ModelConfig, RunConfig, config_from_dict, load_config
 from .console import UserError
-from .models import Generator, build_generator
+from .models import Discriminator, Generator, build_discriminator, build_generator
 
 __all__ = ["load_generator", "export_generator", "grid_inputs", "save_grid", "to_uint8", "baked_state_dict"]
 
@@ -118,6 +118,13 @@ def generator_from_checkpoint(state: dict, ema: bool = True) -> Generator:
     G = build_generator(_model_config(state["config"]))
     G.load_state_dict(state["G_ema" if ema else "G"])
     return G
+
+
+def discriminator_from_checkpoint(state: dict) -> Discriminator:
+    """The discriminator held by a loaded checkpoint, on the CPU."""
+    D = build_discriminator(_model_config(state["config"]))
+    D.load_state_dict(state["D"])
+    return D
 
 
 def export_generator(src: str | Path, out: str | Path, overwrite: bool = False) -> Path:
