@@ -1,0 +1,242 @@
+"""``sagan report``: one self-contained HTML page about a run. Plots of the losses, D(real) and
+D(fake), every attention gamma, speed and (when logged) FID/IS over training, a timeline of
+sample grids, attention maps from the latest checkpoint and the run's config. Every image is
+embedded as a data URI, so the page needs no network and can be mailed or archived as is."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from .console import UserError, info, warn
+
+__all__ = ["read_metrics", "build_report"]
+
+
+def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(training rows, evaluation rows) of ``metrics.jsonl``; unreadable lines (a write cut
+    short by a crash) are skipped."""
+    path = run_dir / "metrics.jsonl"
+    train, evals = [], []
+    if not path.exists():
+        return train, evals
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        (evals if rec.get("eval") else train).append(rec)
+    # a resumed run may log a step twice (after a crash between log and checkpoint): keep the last
+    train = list({r["step"]: r for r in train}.values())
+    return sorted(train, key=lambda r: r["step"]), sorted(evals, key=lambda r: r["step"])
+
+
+def _uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _series(rows: list[dict], keys: dict[str, str]) -> dict[str, tuple[list, list]]:
+    out = {}
+    for key, label in keys.items():
+        pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None and math.isfinite(r[key])]
+        if pts:
+            out[label] = ([p[0] for p in pts], [p[1] for p in pts])
+    return out
+
+
+def _block_order(key: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in key.replace("/", ".").split("."))
+
+
+def _gamma_labels(keys: list[str], config: dict) -> dict[str, str]:
+    """'gamma/G.blocks.1.1' -> 'G 16x16 (blocks.1.1)': G's attention layers come in increasing
+    feature-map resolution, D's in decreasing, as model.g_attn/d_attn list them."""
+    model = config.get("model", {})
+    res = {"G": sorted(model.get("g_attn", [])), "D": sorted(model.get("d_attn", []), reverse=True)}
+    out = {}
+    for net in ("G", "D"):
+        mine = [k for k in keys if k.startswith(f"gamma/{net}.")]
+        for i, k in enumerate(mine):
+            where = f"{res[net][i]}x{res[net][i]}" if len(mine) == len(res[net]) else "?"
+            out[k] = f"{net} {where} ({k.split('.', 1)[1]})"
+    return out
+
+
+def _plots(train: list[dict], evals: list[dict], config: dict) -> list[tuple[str, str, bytes]]:
+    """(title, caption, PNG) for each plot the metrics allow."""
+    from .plots import figure_png, line_plot, plt
+
+    out = []
+    if train:
+        s = _series(train, {"d_loss": "D loss", "g_loss": "G loss"})
+        out.append(("Losses", "Hinge losses (or the configured loss) averaged over each logging interval.",
+                    figure_png(line_plot(s, "Losses", "generator step", "loss"))))
+        s = _series(train, {"d_real": "D(real)", "d_fake": "D(fake)"})
+        out.append(("Discriminator outputs", "Mean D logits on real and generated images; the gap is how well D "
+                    "separates them.", figure_png(line_plot(s, "D(real) and D(fake)", "generator step",
+                                                            "mean D output", hline=0.0))))
+        gammas = sorted({k for r in train for k in r if k.startswith("gamma/")}, key=_block_order)
+        if gammas:
+            s = _series(train, _gamma_labels(gammas, config))
+            out.append(("Attention gammas", "Each self-attention block outputs x + gamma * o; gamma starts at 0, "
+                        "and how far it moves shows how much the network leans on attention.",
+                        figure_png(line_plot(s, "Attention gamma", "generator step", "gamma", hline=0.0))))
+        s = _series(train, {"img_per_s": "images/s"})
+        if s:
+            out.append(("Speed", "Real images through D per second (all processes).",
+                        figure_png(line_plot(s, "Training speed", "generator step", "images per second"))))
+    if evals:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+        for ax, key, label in ((axes[0], "fid", "FID (lower is better)"), (axes[1], "is", "IS (higher is better)")):
+            pts = [(r["step"], r[key]) for r in evals if key in r]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=4, label=label)
+            if key == "fid" and any("intra_fid" in r for r in evals):
+                pts = [(r["step"], r["intra_fid"]) for r in evals if "intra_fid" in r]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="s", markersize=4, label="intra-FID")
+            ax.set_xlabel("generator step")
+            ax.set_ylabel(key.upper())
+            ax.set_title(label)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        n = evals[-1].get("eval_samples", "?")
+        out.append(("FID and IS", f"Scores of the EMA generator during training ({n} samples each, "
+                    f"{evals[-1].get('extractor', '')}).", figure_png(fig)))
+    return out
+
+
+def _timeline(run_dir: Path, max_grids: int) -> list[tuple[str, bytes]]:
+    grids = sorted((run_dir / "samples").glob("step_*.png"))
+    if len(grids) > max_grids:  # evenly spaced, first and last included
+        idx = sorted({round(i * (len(grids) - 1) / (max_grids - 1)) for i in range(max_grids)})
+        grids = [grids[i] for i in idx]
+    return [(f"step {int(p.stem.split('_')[1]):,}", p.read_bytes()) for p in grids]
+
+
+def _attention_figure(run_dir: Path, device: torch.device) -> tuple[bytes, str] | None:
+    """Attention maps of the latest checkpoint's EMA G (and D on its images), as PNG bytes."""
+    import tempfile
+
+    from .attention_maps import attention_maps, draw_combined, grid_points
+    from .sampling import _resolve_checkpoint, discriminator_from_checkpoint, generator_from_checkpoint
+
+    found = _resolve_checkpoint(run_dir)
+    _, state = found
+    G = generator_from_checkpoint(state).to(device).eval()
+    D = discriminator_from_checkpoint(state).to(device).eval()
+    size = G.resolution
+    points = grid_points(size, 2)
+    n = 2
+    y = torch.arange(n) % G.num_classes if G.num_classes else None
+    with torch.no_grad():
+        images = G.sample(n, y=y, seed=0)
+    yd = y.to(device) if y is not None else None
+    layers = attention_maps(G, lambda: G.sample(n, y=y, seed=0), points, size, "G")
+    layers += attention_maps(D, lambda: D(images, yd), points, size, "D")
+    if not layers:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = draw_combined(images.cpu(), points, layers, Path(tmp) / "attention.png", max_rows=8)
+        png = path.read_bytes()
+    return png, f"step {int(state['step']):,}, EMA generator, seed 0"
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+figure { margin: 1em 0; } figcaption { color: #555; font-size: 0.9em; }
+img { max-width: 100%; height: auto; }
+.timeline { display: flex; flex-wrap: wrap; gap: 12px; }
+.timeline figure { width: 250px; margin: 0; }
+.facts td { padding: 2px 14px 2px 0; } .muted { color: #777; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+# counts the images the browser decoded, for tests and for a reader wondering about a blank image
+SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images', imgs.length);
+  document.body.setAttribute('data-decoded', ok);
+});
+"""
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, overwrite: bool = False,
+                 attention: bool = True, device: str | torch.device = "cpu", max_grids: int = 8) -> Path:
+    """Write the HTML report of ``run_dir`` to ``out`` (default ``<run_dir>/report.html``)."""
+    run_dir = Path(run_dir).expanduser()
+    if not (run_dir / "config.yaml").exists():
+        raise UserError(f"{run_dir} is not a sagan run directory (no config.yaml); pass the --out of a sagan train run")
+    out = Path(out) if out else run_dir / "report.html"
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite or choose another --out")
+    device = torch.device(device)
+    train, evals = read_metrics(run_dir)
+    config_text = (run_dir / "config.yaml").read_text()
+    e = html.escape
+    parts = [f"<h1>SAGAN run: {e(run_dir.resolve().name)}</h1>",
+             f"<p class='muted'>{e(str(run_dir.resolve()))}</p>"]
+    facts = []
+    if train:
+        last = train[-1]
+        facts += [("trained to step", f"{last['step']:,}"),
+                  ("last losses", f"D {last['d_loss']:.3f}, G {last['g_loss']:.3f}")]
+    if evals:
+        best = min(evals, key=lambda r: r["fid"])
+        facts.append(("best FID", f"{best['fid']:.2f} at step {best['step']:,} (IS {best.get('is', float('nan')):.2f})"))
+    if facts:
+        parts.append("<table class='facts'>" + "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in facts)
+                     + "</table>")
+    import yaml
+
+    plots = _plots(train, evals, yaml.safe_load(config_text) or {})
+    if not plots:
+        parts.append("<p>No metrics logged yet (metrics.jsonl is missing or empty).</p>")
+    for title, caption, png in plots:
+        parts.append(f"<h2>{e(title)}</h2><figure><img src='{_uri(png)}' alt='{e(title)} plot'>"
+                     f"<figcaption>{e(caption)}</figcaption></figure>")
+    grids = _timeline(run_dir, max_grids)
+    parts.append("<h2>Samples over training</h2>")
+    if grids:
+        parts.append("<p>Grids of the EMA generator from fixed z (one row per class for conditional models).</p>"
+                     "<div class='timeline'>" + "".join(
+                         f"<figure><img src='{_uri(png)}' alt='samples at {e(cap)}'><figcaption>{e(cap)}</figcaption>"
+                         "</figure>" for cap, png in grids) + "</div>")
+    else:
+        parts.append("<p>No sample grids yet.</p>")
+    if attention:
+        parts.append("<h2>Attention maps</h2>")
+        try:
+            fig = _attention_figure(run_dir, device)
+        except UserError as err:
+            parts.append(f"<p>No attention maps: {e(str(err))}</p>")
+        else:
+            if fig is None:
+                parts.append("<p>This model has no self-attention layers.</p>")
+            else:
+                png, cap = fig
+                parts.append(f"<figure><img src='{_uri(png)}' alt='attention maps'><figcaption>For each query point "
+                             "(left, red circle), where each attention layer of G, and of D on the same images, "
+                             f"looks: red is most attended, each map scaled to its own maximum (at least 5x the uniform "
+                             f"level, so that a flat map stays dark); {e(cap)}. "
+                             f"<code>sagan attention {e(str(run_dir))}</code> draws more.</figcaption></figure>")
+    parts.append(f"<h2>Config</h2><pre>{e(config_text)}</pre>")
+    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>SAGAN report: {e(run_dir.resolve().name)}</title><style>{CSS}</style>"
+            f"<script>{SCRIPT}</script></head><body>" + "\n".join(parts) + "</body></html>\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(page)
+    tmp.replace(out)
+    if not train:
+        warn(f"{run_dir} has no logged metrics yet: the report has no plots")
+    info(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained)")
+    return out
