@@ -256,3 +256,25 @@ def test_a_limited_reference_draws_from_every_class(tiny_folder):
     labels = torch.cat([y for _, y in metrics.data_batches(data, batch_size=5, limit=10)])
     assert len(labels) == 10 and set(labels.tolist()) == {0, 1}
     assert len(torch.cat([y for _, y in metrics.data_batches(data, batch_size=5)])) == len(data)
+
+
+def test_truncation_sweep_scores_each_threshold_and_plots_the_trade_off(trained_run, monkeypatch, capsys, cache,
+                                                                        tmp_path):
+    from PIL import Image
+
+    from sagan.cli import main
+
+    monkeypatch.setattr(metrics, "InceptionExtractor", _StandInFactory)
+    plain, swept = tmp_path / "plain.json", tmp_path / "sweep.json"
+    assert main(["eval", str(trained_run), "--n", "12", "--batch_size", "6", "--truncation", "0.5",
+                 "--json", str(plain)]) == 0
+    assert main(["eval", str(trained_run), "--n", "12", "--batch_size", "6", "--truncation-sweep", "1.0", "0.5",
+                 "--json", str(swept)]) == 0
+    points = json.loads(swept.read_text())["points"]
+    assert [p["truncation"] for p in points] == [0.5, 1.0, None]
+    # each point is the evaluation one would run on its own at that threshold
+    assert points[0]["fid"] == pytest.approx(json.loads(plain.read_text())["fid"], rel=1e-9)
+    assert len({p["fid"] for p in points}) == 3
+    plots = sorted((trained_run / "eval").glob("truncation_sweep_*.png"))
+    assert len(plots) == 1 and plots[0].with_suffix(".json").exists()
+    assert Image.open(plots[0]).size[0] > 300

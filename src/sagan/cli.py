@@ -36,6 +36,9 @@ COMMANDS = {
     "export": "write a run's EMA generator as safetensors, spectral norm baked in",
     "eval": "IS, FID, KID and intra-FID of a run's EMA generator (TF-Inception, as published numbers)",
     "score": "IS, FID and KID of a folder or zip of images against another (e.g. samples from other tools)",
+    "attention": "draw where each attention layer looks, for query points on generated (or real) images",
+    "interpolate": "latent (slerp/lerp) and class interpolation as a PNG strip and an animated GIF",
+    "report": "one self-contained HTML page: losses, D outputs, attention gammas, FID/IS, samples, maps",
 }
 
 
@@ -116,8 +119,70 @@ def _eval_parser() -> ArgumentParser:
     p.add_argument("--no_intra_fid", action="store_true", help="skip intra-FID for conditional models")
     p.add_argument("--raw", action="store_true", help="score the raw generator instead of its EMA")
     p.add_argument("--truncation", type=Optional[float], default=None, help="truncation trick threshold")
+    p.add_argument("--truncation-sweep", "--truncation_sweep", type=float, nargs="*", default=None,
+                   dest="truncation_sweep",
+                   help="score at each threshold T given (none given: 0.25 0.5 0.75 1 1.5 2), plus without "
+                        "truncation, and plot the IS/FID trade-off; each point costs --n samples (try --n 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed for z and labels")
     _add_inception_args(p)
+    return p
+
+
+def _attention_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="sagan attention", description="Draw the attention maps of a trained SAGAN: for query "
+                       "points on generated images, where each self-attention layer of G looks (and D's, on the "
+                       "same images); with --real, D's attention on real images. Writes one PNG per image and a "
+                       "combined figure.", exit_on_error=False, default_env=False)
+    p.add_argument("source", type=str, help="run directory or checkpoint (.pt); an exported .safetensors gives G only")
+    p.add_argument("--n", type=int, default=4, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="seed for z (and classes), or for picking real images")
+    p.add_argument("--class", type=Optional[int], default=None, dest="class_",
+                   help="class of the generated images (default: classes spread over them)")
+    p.add_argument("--points", type=str, nargs="+", default=None,
+                   help="query points as x,y pixel coordinates, e.g. --points 10,20 40,8 (default: a grid)")
+    p.add_argument("--grid", type=int, default=3, help="without --points: a KxK grid of query points")
+    p.add_argument("--real", type=Optional[str], default=None,
+                   help="images (folder, zip, CIFAR, MNIST) to feed D instead of generating")
+    p.add_argument("--raw", action="store_true", help="the raw generator instead of its EMA")
+    p.add_argument("--out", type=Optional[str], default=None, help="output folder (default: <run>/attention)")
+    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace files in an existing output folder")
+    return p
+
+
+def _interpolate_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="sagan interpolate", description="Interpolate a trained generator's inputs: z between "
+                       "seeds (slerp or lerp), or, with --classes, the class embedding between classes at a fixed "
+                       "z. Writes a PNG strip (one row per method) and an animated GIF. The endpoints are the "
+                       "images sagan sample --seed S --class C gives.", exit_on_error=False, default_env=False)
+    p.add_argument("source", type=str, help="run directory, checkpoint (.pt) or exported .safetensors")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds to pass through, in order")
+    p.add_argument("--steps", type=int, default=8, help="images per segment, endpoints included")
+    p.add_argument("--method", type=str, default="both", help="slerp, lerp or both")
+    p.add_argument("--class", type=Optional[int], default=None, dest="class_",
+                   help="class for latent interpolation in a conditional model (default 0)")
+    p.add_argument("--classes", type=int, nargs="+", default=None,
+                   help="class interpolation: mix the class embeddings along these classes at z of the first seed")
+    p.add_argument("--truncation", type=Optional[float], default=None, help="truncation trick for the seeds' z")
+    p.add_argument("--fps", type=float, default=8.0, help="frames per second of the GIF")
+    p.add_argument("--raw", action="store_true", help="the raw generator instead of its EMA (checkpoints only)")
+    p.add_argument("--out", type=Optional[str], default=None, help="output folder (default: <run>/interpolation)")
+    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    return p
+
+
+def _report_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="sagan report", description="Write one self-contained HTML page about a run (images "
+                       "embedded, no network needed): loss curves, D(real) and D(fake), every attention gamma over "
+                       "training, speed, FID/IS when logged, a timeline of sample grids, attention maps of the "
+                       "latest checkpoint and the config.", exit_on_error=False, default_env=False)
+    p.add_argument("run", type=str, help="run directory")
+    p.add_argument("--out", type=Optional[str], default=None, help="output file (default: <run>/report.html)")
+    p.add_argument("--grids", type=int, default=8, help="at most this many sample grids in the timeline")
+    p.add_argument("--no_attention", action="store_true", help="skip the attention maps (no checkpoint needed)")
+    p.add_argument("--device", type=str, default="cpu", help="where to run the models for the attention maps")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     return p
 
 
@@ -133,7 +198,8 @@ def _score_parser() -> ArgumentParser:
 
 
 PARSERS = {"train": _train_parser, "sample": _sample_parser, "export": _export_parser,
-           "eval": _eval_parser, "score": _score_parser}
+           "eval": _eval_parser, "score": _score_parser, "attention": _attention_parser,
+           "interpolate": _interpolate_parser, "report": _report_parser}
 
 
 def _explain(err: Exception) -> str:
@@ -355,6 +421,8 @@ def cmd_eval(argv: list[str]) -> int:
     ref = ns.ref if ns.ref is not None else cfg.data
     data = open_dataset(ref, cfg.model.resolution, cfg.model.img_channels,
                         ns.ref_split or (cfg.dataset.split if ns.ref is None else "train"))
+    if ns.truncation_sweep is not None:
+        return _truncation_sweep(ns, G, data, extractor, int(state["step"]), ckpt_path)
     res = evaluate_generator(G, data, n=ns.n, extractor=extractor, batch_size=ns.batch_size,
                              seed=ns.seed, intra_fid=not ns.no_intra_fid, truncation=ns.truncation,
                              ref_limit=ns.ref_samples)
@@ -371,6 +439,234 @@ def cmd_eval(argv: list[str]) -> int:
             path = run_dir / "eval" / f"{tag}_{k}.json"
         extra.append(path)
     _report(res, Path(ns.json) if ns.json else None, extra)
+    return 0
+
+
+def _free_path(folder: Path, stem: str, suffix: str) -> Path:
+    """``folder/stem.suffix``, or ``stem_2``, ``stem_3``, ... when taken: results are never overwritten."""
+    path, k = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        k += 1
+        path = folder / f"{stem}_{k}{suffix}"
+    return path
+
+
+def _truncation_sweep(ns, G, data, extractor, step: int, ckpt_path: Path) -> int:
+    """IS and FID at each truncation threshold, and without: a JSON file and the trade-off plot."""
+    from .distributed import is_main
+    from .metrics import evaluate_generator
+
+    values = sorted(set(ns.truncation_sweep)) or [0.25, 0.5, 0.75, 1.0, 1.5, 2.0]
+    if min(values) <= 0:
+        raise UserError("--truncation-sweep thresholds must be positive (typical: 0.25 to 2)")
+    points = []
+    for t in values + [None]:
+        res = evaluate_generator(G, data, n=ns.n, extractor=extractor, batch_size=ns.batch_size, seed=ns.seed,
+                                 intra_fid=False, truncation=t, ref_limit=ns.ref_samples)
+        points.append({"truncation": t, **{k: res[k] for k in ("fid", "is", "is_std", "kid", "kid_std")}})
+        info(f"truncation {t if t is not None else 'none'}: FID {res['fid']:.2f}, IS {res['is']:.2f}")
+    if not is_main():
+        return 0
+    from .plots import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
+    ax.plot([p["is"] for p in points[:-1]], [p["fid"] for p in points[:-1]], marker="o", label="truncated z")
+    ax.plot([points[-1]["is"]], [points[-1]["fid"]], marker="s", linestyle="none", color="C3", label="no truncation")
+    for p in points:
+        ax.annotate(f"T={p['truncation']}" if p["truncation"] is not None else "none", (p["is"], p["fid"]),
+                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("Inception Score (higher: more recognisable)")
+    ax.set_ylabel("FID (lower: closer to the data)")
+    ax.set_title(f"Truncation trade-off, step {step:,}, {ns.n:,} samples per point")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    stem = f"truncation_sweep_step{step:08d}_{'raw' if ns.raw else 'ema'}_n{ns.n}"
+    png = save_figure(fig, _free_path(run_dir / "eval", stem, ".png"))
+    result = {"step": step, "checkpoint": str(ckpt_path), "n": ns.n, "reference": str(data.source), "points": points}
+    text = json.dumps(result, indent=2)
+    paths = [png.with_suffix(".json")] + ([Path(ns.json)] if ns.json else [])
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    print("\n".join(f"T={p['truncation'] if p['truncation'] is not None else 'none':>5}  FID {p['fid']:8.3f}  "
+                    f"IS {p['is']:7.3f}" for p in points))
+    info(f"wrote {png} and {paths[0]}")
+    return 0
+
+
+def _output_folder(ns, src: Path, default: str) -> Path:
+    out = Path(ns.out) if ns.out else (src if src.is_dir() else src.parent) / default
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; choose a folder for --out")
+    if out.exists() and any(out.iterdir()) and not ns.overwrite:
+        raise UserError(f"{out} already holds files; pass --overwrite or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _parse_points(points: list[str] | None, grid: int, size: int) -> list[tuple[int, int]]:
+    from .attention_maps import grid_points
+
+    if not points:
+        if grid < 1:
+            raise UserError("--grid must be at least 1")
+        return grid_points(size, grid)
+    out = []
+    for p in points:
+        try:
+            x, y = (int(v) for v in p.split(","))
+        except ValueError:
+            raise UserError(f"--points takes x,y pixel coordinates such as 12,30; got {p!r}") from None
+        if not (0 <= x < size and 0 <= y < size):
+            raise UserError(f"query point {p} lies outside the {size}x{size} image; use 0..{size - 1}")
+        out.append((x, y))
+    return out
+
+
+def cmd_attention(argv: list[str]) -> int:
+    ns = _parse(_attention_parser(), argv)
+    import torch
+
+    from .attention_maps import attention_maps, draw_combined, draw_image
+    from .sampling import _resolve_checkpoint, discriminator_from_checkpoint, generator_from_checkpoint, load_generator
+    from .training import resolve_device
+
+    src = Path(ns.source).expanduser()
+    if not src.exists():
+        raise UserError(f"{src} does not exist; pass a run directory or a checkpoint")
+    if ns.n < 1:
+        raise UserError("--n must be at least 1")
+    device = resolve_device(ns.device)
+    D = None
+    if src.suffix == ".safetensors":
+        if ns.real or ns.raw:
+            raise UserError("--real and --raw need a run directory or checkpoint: exported files hold only the EMA G")
+        G = load_generator(src, device)
+    else:
+        _, state = _resolve_checkpoint(src)
+        G = generator_from_checkpoint(state, ema=not ns.raw).to(device).eval()
+        D = discriminator_from_checkpoint(state).to(device).eval()
+    size = G.resolution
+    points = _parse_points(ns.points, ns.grid, size)
+    if ns.class_ is not None and not (G.num_classes and 0 <= ns.class_ < G.num_classes):
+        raise UserError(f"--class must lie in 0..{G.num_classes - 1}" if G.num_classes
+                        else "this generator is unconditional; drop --class")
+    layers = []
+    if ns.real:
+        from .data import open_dataset
+
+        data = open_dataset(ns.real, size, G.img_channels, progress=False)
+        g = torch.Generator().manual_seed(ns.seed)
+        idx = torch.randperm(len(data), generator=g)[: ns.n]
+        images = torch.stack([data[int(i)][0] for i in idx]).float().div(127.5).sub(1).to(device)
+        y = data.labels[idx].to(device) if G.num_classes and data.num_classes == G.num_classes else None
+        if G.num_classes and y is None:
+            raise UserError(f"the model has {G.num_classes} classes but {ns.real} has {data.num_classes}; "
+                            "pass images in the training data's class layout")
+        what = f"real images from {ns.real}"
+    else:
+        y = None
+        if G.num_classes:
+            y = torch.full((ns.n,), ns.class_) if ns.class_ is not None else torch.arange(ns.n) % G.num_classes
+        images = G.sample(ns.n, y=y, seed=ns.seed)
+        layers += attention_maps(G, lambda: G.sample(ns.n, y=y, seed=ns.seed), points, size, "G")
+        y = y.to(device) if y is not None else None
+        what = f"generated images (seed {ns.seed})"
+    if D is not None:
+        layers += attention_maps(D, lambda: D(images, y), points, size, "D")
+    if not layers:
+        raise UserError("this model has no self-attention layers (model.g_attn and model.d_attn are empty)"
+                        + ("; D has none either, which --real needs" if ns.real else ""))
+    out = _output_folder(ns, src, "attention")
+    images = images.cpu()
+    for b in range(images.shape[0]):
+        cls = f", class {int(y[b])}" if y is not None else ""
+        draw_image(images[b], points, layers, b, out / f"image_{b:03d}.png", title=f"image {b}{cls}")
+    combined = draw_combined(images, points, layers, out / "attention_maps.png")
+    info(f"attention of {len(layers)} layer{'s' if len(layers) > 1 else ''} "
+         f"({', '.join(lm.label for lm in layers)}) at {len(points)} query points on {ns.n} {what}: "
+         f"{out}/image_*.png and {combined}")
+    return 0
+
+
+def cmd_interpolate(argv: list[str]) -> int:
+    ns = _parse(_interpolate_parser(), argv)
+    import torch
+
+    from .interpolation import class_path, interpolate, latent_path, seed_latent
+    from .sampling import load_generator, save_grid
+    from .training import resolve_device
+
+    src = Path(ns.source).expanduser()
+    methods = {"both": ["slerp", "lerp"], "slerp": ["slerp"], "lerp": ["lerp"]}.get(ns.method)
+    if methods is None:
+        raise UserError(f"--method must be slerp, lerp or both, not {ns.method!r}")
+    if ns.steps < 2:
+        raise UserError("--steps must be at least 2 (the two endpoints)")
+    if ns.truncation is not None and ns.truncation <= 0:
+        raise UserError("--truncation must be positive (typical values: 0.5 to 2)")
+    if ns.raw and src.suffix == ".safetensors":
+        raise UserError("--raw needs a run directory or checkpoint: exported files hold only the EMA generator")
+    G = load_generator(src, device=resolve_device(ns.device), ema=not ns.raw)
+    K = G.num_classes
+    rows: dict[str, torch.Tensor] = {}
+    if ns.classes:
+        if not K:
+            raise UserError("--classes needs a class-conditional model; this generator is unconditional")
+        bad = [c for c in ns.classes if not 0 <= c < K]
+        if bad or len(ns.classes) < 2:
+            raise UserError(f"--classes takes two or more classes in 0..{K - 1}")
+        weights = class_path(K, ns.classes, ns.steps)
+        z = seed_latent(G.z_dim, ns.seeds[0], ns.truncation).expand(weights.shape[0], -1)
+        rows["class"] = interpolate(G, z, weights)
+        tag = f"classes{'-'.join(map(str, ns.classes))}_seed{ns.seeds[0]}"
+    else:
+        if len(ns.seeds) < 2:
+            raise UserError("--seeds takes two or more seeds")
+        if ns.class_ is not None and not (K and 0 <= ns.class_ < K):
+            raise UserError(f"--class must lie in 0..{K - 1}" if K else "this generator is unconditional; drop --class")
+        y = torch.tensor([ns.class_ or 0]) if K else None
+        for m in methods:
+            rows[m] = interpolate(G, latent_path(G.z_dim, ns.seeds, ns.steps, m, ns.truncation), y)
+        tag = f"seeds{'-'.join(map(str, ns.seeds))}" + (f"_class{ns.class_ or 0}" if K else "")
+    out = Path(ns.out) if ns.out else (src if src.is_dir() else src.parent) / "interpolation"
+    strip, gif = out / f"{tag}.png", out / f"{tag}.gif"
+    for path in (strip, gif):
+        if path.exists() and not ns.overwrite:
+            raise UserError(f"{path} already exists; pass --overwrite or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    length = next(iter(rows.values())).shape[0]
+    save_grid(torch.cat(list(rows.values())), strip, columns=length)
+    _write_gif(rows, gif, ns.fps)
+    info(f"wrote {strip} ({', '.join(rows)}: one row each, {length} images) and the animation {gif}")
+    return 0
+
+
+def _write_gif(rows: dict, path: Path, fps: float) -> None:
+    """Frames that go forward and back, each showing every row's image side by side."""
+    import torch
+    from PIL import Image
+
+    from .sampling import to_uint8
+
+    frames_t = torch.cat([to_uint8(r).cpu() for r in rows.values()], dim=3)  # (T, C, H, W * rows)
+    frames = [Image.fromarray(f[0].numpy() if f.shape[0] == 1 else f.permute(1, 2, 0).numpy()) for f in frames_t]
+    frames = [f.resize((f.width * 2, f.height * 2), Image.NEAREST) if f.height < 128 else f for f in frames]
+    loop = frames + frames[-2:0:-1]
+    loop[0].save(path, save_all=True, append_images=loop[1:], duration=int(1000 / fps), loop=0)
+
+
+def cmd_report(argv: list[str]) -> int:
+    ns = _parse(_report_parser(), argv)
+    from .report import build_report
+    from .training import resolve_device
+
+    if ns.grids < 1:
+        raise UserError("--grids must be at least 1")
+    build_report(ns.run, ns.out, overwrite=ns.overwrite, attention=not ns.no_attention,
+                 device=resolve_device(ns.device), max_grids=ns.grids)
     return 0
 
 
@@ -406,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     cmd, rest = argv[0], argv[1:]
-    handlers = {"train": cmd_train, "sample": cmd_sample, "export": cmd_export, "eval": cmd_eval, "score": cmd_score}
+    handlers = {"train": cmd_train, "sample": cmd_sample, "export": cmd_export, "eval": cmd_eval, "score": cmd_score,
+                "attention": cmd_attention, "interpolate": cmd_interpolate, "report": cmd_report}
     if cmd not in handlers:
         import difflib
 
