@@ -196,3 +196,25 @@ def test_fp16_grad_scaler_skips_overflowing_steps_and_resumes_its_scale(tiny_fol
     tr.save_checkpoint()
     resumed = Trainer(tiny_config(tiny_folder, steps=1, precision="fp16", ckpt_every=100), tmp_path / "run", progress=False)
     assert resumed.scaler_d.get_scale() == 4.0
+
+
+def test_a_signal_echoed_within_the_grace_period_is_ignored_and_a_later_one_interrupts():
+    """torchrun re-sends Ctrl-C's SIGINT to workers the terminal already signalled: that echo
+    must not turn a graceful stop into an abort, but a deliberate second Ctrl-C must."""
+    import os
+    import signal
+    import time
+
+    from sagan.training import graceful_stop
+
+    with graceful_stop(echo_s=5.0) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    assert stop.requested == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+        with graceful_stop(echo_s=0.0) as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
