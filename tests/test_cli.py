@@ -228,3 +228,13 @@ def test_finished_run_says_so_and_exported_files_are_not_checkpoints(trained, ca
     assert r.returncode == 0 and "already trained" in r.stderr and "done" not in r.stderr
     r = sagan_inproc(capsys, "sample", root / "run", "--truncation", 0)
     assert r.returncode == 2 and "--truncation must be positive" in r.stderr
+
+
+def test_speed_shorthands_set_the_train_keys(tmp_path, capsys):
+    r = sagan_inproc(capsys, "train", "--precision", "bf16", "--compile", "--sync_bn", "--print_config", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "precision: bf16" in r.stdout and "compile: true" in r.stdout and "sync_bn: true" in r.stdout
+    r = sagan_inproc(capsys, "train", "--precision=fp16", "--print_config", cwd=tmp_path)
+    assert "precision: fp16" in r.stdout
+    r = sagan_inproc(capsys, "train", "--precision", "fp8", "--print_config", cwd=tmp_path)
+    assert r.returncode == 2 and "train.precision" in r.stderr and "Traceback" not in r.stderr

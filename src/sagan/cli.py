@@ -714,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[cmd](rest)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # under torchrun, say which process it was
+        print(f"error: {e}" if rank == "0" else f"error (rank {rank}): {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
