@@ -66,3 +66,10 @@ def test_interpolate_command_writes_a_strip_and_a_looping_gif(trained_run, tmp_p
     assert Image.open(out / "classes0-1_seed0.png").size == (3 * 34 + 2, 34 + 2)
     r = sagan_inproc(capsys, "interpolate", trained_run, "--seeds", "0", "1", "--steps", "4", "--out", out)
     assert r.returncode == 2 and "--overwrite" in r.stderr
+
+
+def test_interpolate_rejects_a_non_positive_frame_rate_before_writing(trained_run, tmp_path, capsys):
+    from test_cli import sagan_inproc
+
+    r = sagan_inproc(capsys, "interpolate", trained_run, "--fps", "0", "--out", tmp_path / "i")
+    assert r.returncode == 2 and "--fps must be positive" in r.stderr and not (tmp_path / "i").exists()

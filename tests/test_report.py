@@ -72,3 +72,14 @@ def test_report_renders_in_headless_chromium_with_its_images(report, tmp_path):
     # matplotlib's first line colour (#1f77b4) drawn by the decoded plot images
     blue = (abs(px - np.array([31, 119, 180])).sum(axis=-1) < 40).sum()
     assert blue > 200, blue
+
+
+def test_a_one_grid_timeline_shows_the_latest_grid(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    for step, shade in ((1, 0), (7, 255)):  # more grids than asked for, the newest last
+        Image.new("RGB", (34, 34), (shade, 0, 0)).save(run / "samples" / f"step_{step:08d}.png")
+    page = build_report(run, tmp_path / "one.html", attention=False, max_grids=1).read_text()
+    latest = (run / "samples" / "step_00000007.png").read_bytes()
+    assert base64.b64encode(latest).decode() in page
+    assert page.count("<figcaption>step ") == 1 and "step 7" in page

@@ -198,15 +198,22 @@ def test_fp16_grad_scaler_skips_overflowing_steps_and_resumes_its_scale(tiny_fol
     assert resumed.scaler_d.get_scale() == 4.0
 
 
-def test_a_signal_echoed_within_the_grace_period_is_ignored_and_a_later_one_interrupts():
+def test_a_signal_echoed_within_the_grace_period_is_ignored_and_a_later_one_interrupts(monkeypatch):
     """torchrun re-sends Ctrl-C's SIGINT to workers the terminal already signalled: that echo
-    must not turn a graceful stop into an abort, but a deliberate second Ctrl-C must."""
+    must not turn a graceful stop into an abort, but a deliberate second Ctrl-C must, and
+    outside torchrun any second signal does."""
     import os
     import signal
     import time
 
     from sagan.training import graceful_stop
 
+    with pytest.raises(KeyboardInterrupt):  # a single process: no echo window
+        with graceful_stop(echo_s=5.0):
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it
     with graceful_stop(echo_s=5.0) as stop:
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)

@@ -154,7 +154,7 @@ def _interpolate_parser() -> ArgumentParser:
     p = ArgumentParser(prog="sagan interpolate", description="Interpolate a trained generator's inputs: z between "
                        "seeds (slerp or lerp), or, with --classes, the class embedding between classes at a fixed "
                        "z. Writes a PNG strip (one row per method) and an animated GIF. The endpoints are the "
-                       "images sagan sample --seed S --class C gives.", exit_on_error=False, default_env=False)
+                       "images sagan sample --n 1 --seed S --class C gives.", exit_on_error=False, default_env=False)
     p.add_argument("source", type=str, help="run directory, checkpoint (.pt) or exported .safetensors")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds to pass through, in order")
     p.add_argument("--steps", type=int, default=8, help="images per segment, endpoints included")
@@ -536,8 +536,8 @@ def cmd_attention(argv: list[str]) -> int:
     src = Path(ns.source).expanduser()
     if not src.exists():
         raise UserError(f"{src} does not exist; pass a run directory or a checkpoint")
-    if ns.n < 1:
-        raise UserError("--n must be at least 1")
+    if not 1 <= ns.n <= 256:
+        raise UserError("--n must lie in 1..256 (each image gets its own figure)")
     device = resolve_device(ns.device)
     D = None
     if src.suffix == ".safetensors":
@@ -570,8 +570,9 @@ def cmd_attention(argv: list[str]) -> int:
         y = None
         if G.num_classes:
             y = torch.full((ns.n,), ns.class_) if ns.class_ is not None else torch.arange(ns.n) % G.num_classes
-        images = G.sample(ns.n, y=y, seed=ns.seed)
-        layers += attention_maps(G, lambda: G.sample(ns.n, y=y, seed=ns.seed), points, size, "G")
+        # one batch: each layer keeps the maps of the last batch it ran
+        images = G.sample(ns.n, y=y, seed=ns.seed, batch_size=ns.n)
+        layers += attention_maps(G, lambda: G.sample(ns.n, y=y, seed=ns.seed, batch_size=ns.n), points, size, "G")
         y = y.to(device) if y is not None else None
         what = f"generated images (seed {ns.seed})"
     if D is not None:
@@ -605,6 +606,8 @@ def cmd_interpolate(argv: list[str]) -> int:
         raise UserError(f"--method must be slerp, lerp or both, not {ns.method!r}")
     if ns.steps < 2:
         raise UserError("--steps must be at least 2 (the two endpoints)")
+    if ns.fps <= 0:
+        raise UserError("--fps must be positive")
     if ns.truncation is not None and ns.truncation <= 0:
         raise UserError("--truncation must be positive (typical values: 0.5 to 2)")
     if ns.raw and src.suffix == ".safetensors":

@@ -1,6 +1,6 @@
 """Walks through a generator's inputs: latent interpolation between seeds (lerp or slerp) and
 class interpolation, which mixes class embeddings. Endpoints are exactly the samples that
-``sagan sample --seed S --class C`` draws."""
+``sagan sample --n 1 --seed S --class C`` draws (``G.sample(1, y=C, seed=S)``)."""
 
 from __future__ import annotations
 

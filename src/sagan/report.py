@@ -112,7 +112,9 @@ def _plots(train: list[dict], evals: list[dict], config: dict) -> list[tuple[str
 
 def _timeline(run_dir: Path, max_grids: int) -> list[tuple[str, bytes]]:
     grids = sorted((run_dir / "samples").glob("step_*.png"))
-    if len(grids) > max_grids:  # evenly spaced, first and last included
+    if max_grids == 1:
+        grids = grids[-1:]
+    elif len(grids) > max_grids:  # evenly spaced, first and last included
         idx = sorted({round(i * (len(grids) - 1) / (max_grids - 1)) for i in range(max_grids)})
         grids = [grids[i] for i in idx]
     return [(f"step {int(p.stem.split('_')[1]):,}", p.read_bytes()) for p in grids]

@@ -34,7 +34,8 @@ from .sampling import CKPT_DIR, CONFIG_FILE, grid_inputs, save_grid
 
 __all__ = ["Trainer", "resolve_device", "TrainingDiverged"]
 
-RUN_ENTRIES = (CONFIG_FILE, CKPT_DIR, "samples", "tb", "metrics.jsonl", "generator_ema.safetensors", "generated")
+RUN_ENTRIES = (CONFIG_FILE, CKPT_DIR, "samples", "tb", "metrics.jsonl", "generator_ema.safetensors", "generated",
+               "eval", "attention", "interpolation", "report.html")
 
 
 def validate_config(cfg: RunConfig) -> None:
@@ -193,6 +194,19 @@ class Trainer:
                 info(f"removed {p.name}, left by an interrupted checkpoint write")
         self._barrier()
         self._resume()
+        self._check_ranks_agree()
+
+    def _check_ranks_agree(self) -> None:
+        """Every rank must have resumed from the same step: otherwise some nodes cannot see the
+        run directory rank 0 writes, and their loops would drift apart until a collective hangs."""
+        if self.world == 1:
+            return
+        steps = torch.tensor([self.step, -self.step])
+        dist.all_reduce(steps, op=dist.ReduceOp.MAX, group=self._cpu_group)
+        hi, lo = int(steps[0]), -int(steps[1])
+        if hi != lo:
+            raise UserError(f"the processes resumed from different steps ({lo:,} and {hi:,}): put the run "
+                            f"directory {self.run_dir} on a filesystem that every node sees")
 
     def _build_forwards(self) -> None:
         """The callables the steps run. Gradients flow through ``G_train``/``D_train``, wrapped in
@@ -296,8 +310,8 @@ class Trainer:
         torch.set_rng_state(state["rng"]["cpu"])
         cuda_rng = state["rng"].get("cuda")
         if cuda_rng is not None and self.device.type == "cuda":
-            if isinstance(cuda_rng, (list, tuple)):  # older checkpoints: every visible GPU
-                torch.cuda.set_rng_state(cuda_rng[self.device.index or 0], self.device)
+            if isinstance(cuda_rng, (list, tuple)):  # older checkpoints: every visible GPU;
+                torch.cuda.set_rng_state(cuda_rng[0], self.device)  # the same entry on every rank
             else:
                 torch.cuda.set_rng_state(cuda_rng, self.device)
         self.stream.load_state_dict(state["data"])
@@ -579,13 +593,15 @@ class _StopRequest:
 @contextmanager
 def graceful_stop(echo_s: float = 2.0):
     """While active, SIGINT and SIGTERM ask the loop to finish its step, checkpoint and stop;
-    a second signal interrupts at once. A second signal within ``echo_s`` seconds of the first
-    is taken for an echo and ignored: on Ctrl-C, torchrun forwards SIGINT to processes that
-    the terminal has already signalled. Outside the main thread, signals are left alone."""
+    a second signal interrupts at once. Under torchrun, a second signal within ``echo_s``
+    seconds of the first is taken for an echo and ignored: on Ctrl-C, torchrun forwards SIGINT
+    to processes that the terminal has already signalled. Outside the main thread, signals are left alone."""
     req = _StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield req
         return
+    if not distributed.launched_by_torchrun():
+        echo_s = 0.0  # no launcher re-sends signals: a second Ctrl-C always stops at once
     first = [0.0]
 
     def handler(signum, frame):
