@@ -557,7 +557,7 @@ def cmd_attention(argv: list[str]) -> int:
     if ns.real:
         from .data import open_dataset
 
-        data = open_dataset(ns.real, size, G.img_channels, progress=False)
+        data = open_dataset(ns.real, size, G.img_channels, cache="none", workers=0, progress=False)  # n images only
         g = torch.Generator().manual_seed(ns.seed)
         idx = torch.randperm(len(data), generator=g)[: ns.n]
         images = torch.stack([data[int(i)][0] for i in idx]).float().div(127.5).sub(1).to(device)
