@@ -83,3 +83,13 @@ def test_a_one_grid_timeline_shows_the_latest_grid(trained_run, tmp_path):
     latest = (run / "samples" / "step_00000007.png").read_bytes()
     assert base64.b64encode(latest).decode() in page
     assert page.count("<figcaption>step ") == 1 and "step 7" in page
+
+
+def test_report_embeds_truncation_sweeps_found_in_eval(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "eval").mkdir(exist_ok=True)
+    Image.new("RGB", (60, 40), (0, 200, 0)).save(run / "eval" / "truncation_sweep_step00000002_ema_n100.png")
+    page = build_report(run, tmp_path / "r.html", attention=False).read_text()
+    assert "<h2>Truncation trade-off</h2>" in page
+    assert base64.b64encode((run / "eval" / "truncation_sweep_step00000002_ema_n100.png").read_bytes()).decode() in page

@@ -1,6 +1,7 @@
 """``sagan report``: one self-contained HTML page about a run. Plots of the losses, D(real) and
-D(fake), every attention gamma, speed and (when logged) FID/IS over training, a timeline of
-sample grids, attention maps from the latest checkpoint and the run's config. Every image is
+D(fake), every attention gamma, speed and (when logged) FID/IS over training, the truncation
+sweeps ``sagan eval`` wrote, a timeline of sample grids, attention maps from the latest
+checkpoint and the run's config. Every image is
 embedded as a data URI, so the page needs no network and can be mailed or archived as is."""
 
 from __future__ import annotations
@@ -205,6 +206,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, overwrite: 
     for title, caption, png in plots:
         parts.append(f"<h2>{e(title)}</h2><figure><img src='{_uri(png)}' alt='{e(title)} plot'>"
                      f"<figcaption>{e(caption)}</figcaption></figure>")
+    sweeps = sorted((run_dir / "eval").glob("truncation_sweep_*.png"))
+    if sweeps:
+        parts.append("<h2>Truncation trade-off</h2>")
+        for p in sweeps:
+            parts.append(f"<figure><img src='{_uri(p.read_bytes())}' alt='truncation sweep'>"
+                         f"<figcaption>{e(p.name)} (sagan eval --truncation-sweep)</figcaption></figure>")
     grids = _timeline(run_dir, max_grids)
     parts.append("<h2>Samples over training</h2>")
     if grids:
