@@ -31,7 +31,9 @@ def test_report_is_self_contained_with_plots_grids_maps_and_config(report, train
         assert f"<h2>{title}</h2>" in page, title
     imgs = _images(page)
     n_grids = len(list((trained_run / "samples").glob("step_*.png")))
-    assert len(imgs) == 4 + n_grids + 1  # losses, D outputs, gammas, speed; the grids; attention maps
+    n_sweeps = len(list((trained_run / "eval").glob("truncation_sweep_*.png")))  # other tests' sagan eval
+    # losses, D outputs, gammas, speed; sweeps; the grids; attention maps
+    assert len(imgs) == 4 + n_sweeps + n_grids + 1
     for png in imgs:
         Image.open(io.BytesIO(png)).verify()
     assert "model:" in page and "resolution: 32" in page  # the config, escaped in a <pre>
