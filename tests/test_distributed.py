@@ -116,3 +116,42 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "resuming from" in run.stderr and f"(step {step:,})" in run.stderr
     assert torch.load(tmp_path / "run" / "checkpoints" / f"ckpt_{step + 2:08d}.pt", weights_only=True)["step"] == step + 2
+
+
+_UNSHARED = r"""
+import os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from test_training import tiny_config
+from sagan.console import UserError
+from sagan.training import Trainer
+
+data, root = sys.argv[2], Path(sys.argv[3])
+# what a node that cannot see rank 0's filesystem finds: rank 1 looks at an empty directory
+run = root / ("shared" if os.environ["RANK"] == "0" else "node2-local")
+try:
+    Trainer(tiny_config(data, steps=4, ckpt_every=1000), run, device="cpu", progress=False)
+except UserError as e:
+    print("USERERROR", e, flush=True)
+"""
+
+
+def test_ranks_that_resume_from_different_steps_stop_with_a_clear_error(tmp_path):
+    """A run directory that one node cannot see would let that node start over while rank 0
+    resumes; their loops would drift until a collective hangs. Both stop at once instead."""
+    from conftest import write_class_folder
+
+    from sagan.training import Trainer
+    from test_training import tiny_config
+
+    data = write_class_folder(tmp_path / "shapes", per_class=16)
+    Trainer(tiny_config(data, steps=2, ckpt_every=1000), tmp_path / "runs" / "shared", device="cpu",
+            progress=False).fit()
+    script = tmp_path / "unshared.py"
+    script.write_text(_UNSHARED)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(Path(__file__).parent), str(data), str(tmp_path / "runs")]
+    run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # both ranks refuse (their outputs may share a line)
+    assert run.stdout.count("USERERROR the processes resumed from different steps (0 and 2)") == 2, run.stdout
