@@ -20,22 +20,15 @@ import argparse
 import datetime
 import json
 import resource
-import shlex
-import subprocess
 import sys
 import time
 
 import torch
-from common import append_rows, device_name
+from common import append_rows, command_line, device_name, emit_result, run_isolated, sync
 
 SECTION = "Attention block (`benchmarks/attention.py`)"
 HEADER = ["date", "device", "torch", "command", "feature map", "N x N/4", "batch, channels, dtype",
           "fused ms", "naive ms", "fused peak", "naive peak", "fused kernel"]
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(spec: dict) -> dict:
@@ -66,14 +59,14 @@ def measure(spec: dict) -> dict:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     try:
         step()  # warm-up, and the memory peak
-        _sync(device)
+        sync(device)
         peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - base
         times = []
         for _ in range(spec["repeats"]):
             t0 = time.perf_counter()
             step()
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - t0)
     except torch.OutOfMemoryError:
         return {"oom": True}
@@ -107,23 +100,19 @@ def main() -> None:
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one measurement, as JSON
     args = ap.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(measure(json.loads(args.one))), flush=True)
+        emit_result(measure(json.loads(args.one)))
         return
 
-    command = " ".join(["python benchmarks/attention.py", shlex.join(a for a in sys.argv[1:] if a != "--record")]).strip()
+    command = command_line("attention.py")
     rows = []
     for s in args.sizes:
         res = {}
         for impl in ("fused", "naive"):
             spec = dict(size=s, impl=impl, batch=args.batch, channels=args.channels, dtype=args.dtype,
                         repeats=args.repeats, device=args.device)
-            run = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
-            lines = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
-            if lines:
-                res[impl] = json.loads(lines[-1][len("RESULT "):])
-            else:  # killed (the CPU's out-of-memory killer) or crashed
-                err = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
-                res[impl] = {"oom": True, "error": err}
+            r, err = run_isolated(__file__, spec)
+            # no result: killed (the CPU's out-of-memory killer) or crashed
+            res[impl] = r if r is not None else {"oom": True, "error": err}
         f, n = res["fused"], res["naive"]
         nk = (s // 2) ** 2
         row = [str(datetime.date.today()), device_name(torch.device(args.device)), f"torch {torch.__version__}",

@@ -1,9 +1,13 @@
-"""What every benchmark script shares: a name for the device, peak throughput figures, and
-appending rows to a table of RESULTS.md."""
+"""What every benchmark script shares: a name for the device, peak throughput figures, running
+one measurement in a fresh process, and appending rows to a table of RESULTS.md."""
 
 from __future__ import annotations
 
+import json
 import platform
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -33,6 +37,34 @@ def device_name(device: torch.device | None = None) -> str:
     except OSError:
         pass
     return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the GPU, so that a timer reads finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def command_line(script: str) -> str:
+    """How this script was invoked, for the results table (``--record`` left out)."""
+    args = shlex.join(a for a in sys.argv[1:] if a != "--record")
+    return f"python benchmarks/{script} {args}".strip()
+
+
+def emit_result(result: dict) -> None:
+    """Called in the child process: hand ``result`` to :func:`run_isolated`."""
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_isolated(script: str, spec: dict) -> tuple[dict | None, str]:
+    """Run ``script --one SPEC`` in a fresh Python, so that peak memory, compile caches and an
+    out-of-memory kill belong to this one measurement. Returns (result, "") or, when the child
+    printed none, (None, the last line of its stderr)."""
+    run = subprocess.run([sys.executable, script, "--one", json.dumps(spec)], capture_output=True, text=True)
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
+    if lines:
+        return json.loads(lines[-1][len("RESULT "):]), ""
+    return None, (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:

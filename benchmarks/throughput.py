@@ -22,26 +22,19 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import append_rows, device_name, peak_flops
+from common import append_rows, command_line, device_name, emit_result, peak_flops, run_isolated, sync
 
 SECTION = "Throughput (`benchmarks/throughput.py`)"
 HEADER = ["date", "device", "torch", "command", "preset", "model", "precision", "mode", "img/s", "ms/iter",
           "peak memory", "GFLOP/iter", "MFU"]
 LOADER_SECTION = "Data loading (`benchmarks/throughput.py --data`)"
 LOADER_HEADER = ["date", "device", "torch", "command", "data", "resolution", "source", "workers", "img/s"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _peak_memory(device: torch.device) -> str:
@@ -107,13 +100,13 @@ def measure_one(spec: dict) -> dict:
         started = time.perf_counter()
         for _ in range(spec["warmup"]):
             tr.train_iteration()
-        _sync(device)
+        sync(device)
         warm_s = time.perf_counter() - started
         t0 = time.perf_counter()
         for _ in range(spec["iters"]):
             stats, imgs = tr.train_iteration()
         stats.tolist()  # the losses must be finite numbers, and a sync
-        _sync(device)
+        sync(device)
         elapsed = time.perf_counter() - t0
         peak_mem = _peak_memory(device)
         flops = _count_flops(tr)
@@ -150,7 +143,7 @@ def measure_loader(path: str, resolution: int, batch_size: int, workers: int, ba
         for _ in range(batches):
             x, _ = next(stream)
             n += x.shape[0]
-        _sync(device)
+        sync(device)
         rate = n / (time.perf_counter() - t0)
         source = "decoded on the fly" if cache == "none" else f"in-memory cache (filled in {prep:.0f} s)"
         out.append({"source": source, "img_per_s": rate})
@@ -174,10 +167,10 @@ def main() -> None:
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one configuration, as JSON
     args = ap.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(measure_one(json.loads(args.one))), flush=True)
+        emit_result(measure_one(json.loads(args.one)))
         return
 
-    command = " ".join(["python benchmarks/throughput.py", shlex.join(a for a in sys.argv[1:] if a != "--record")]).strip()
+    command = command_line("throughput.py")
     today, torch_v = str(datetime.date.today()), f"torch {torch.__version__}"
     rows, speed = [], {}
     for preset in args.preset:
@@ -186,16 +179,12 @@ def main() -> None:
                 spec = dict(preset=preset, precision=precision, mode=mode, ch=args.ch, batch_size=args.batch_size,
                             n_dis=args.n_dis, iters=args.iters, warmup=args.warmup, device=args.device)
                 print(f"{preset} {precision} {mode} ...", file=sys.stderr, flush=True)
-                run = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True,
-                                     text=True)
-                lines = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
-                if run.returncode or not lines:
-                    err = (run.stderr.strip().splitlines() or ["no output"])[-1]
+                r, err = run_isolated(__file__, spec)
+                if r is None:
                     print(f"  failed: {err}", file=sys.stderr)
                     rows.append([today, device_name(), torch_v, f"`{command}`", preset, "", precision, mode,
                                  f"failed: {err}", "", "", "", ""])
                     continue
-                r = json.loads(lines[-1][len("RESULT "):])
                 speed[(preset, precision, mode)] = r["img_per_s"]
                 mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (no peak for a CPU)"
                 rows.append([today, r["device"], torch_v, f"`{command}`", preset, r["model"], precision, mode,

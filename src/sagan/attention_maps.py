@@ -19,7 +19,8 @@ from torch import nn
 
 from .layers import SelfAttention2d, record_attention
 
-__all__ = ["LayerMaps", "grid_points", "query_index", "keys_to_pixels", "attention_maps", "draw_image", "draw_combined"]
+__all__ = ["LayerMaps", "grid_points", "query_index", "keys_to_pixels", "attention_maps", "generated_attention",
+           "draw_image", "combined_figure", "draw_combined"]
 
 
 @dataclass
@@ -82,6 +83,25 @@ def attention_maps(model: nn.Module, forward: Callable[[], object], points: list
 FLAT = 5.0
 
 
+def generated_attention(G: nn.Module, D: nn.Module | None, n: int, y: torch.Tensor | None, seed: int,
+                        points: list[tuple[int, int]]) -> tuple[torch.Tensor, list[LayerMaps]]:
+    """``n`` images from ``G`` (classes ``y``, ``seed``) with the maps of G's attention layers,
+    then of D's (when given) on the same images. One batch: each layer keeps only the maps of
+    the last batch it ran."""
+    size = G.resolution
+    out = {}
+
+    def generate():
+        out["images"] = G.sample(n, y=y, seed=seed, batch_size=n)
+
+    layers = attention_maps(G, generate, points, size, "G")
+    images = out["images"]
+    if D is not None:
+        yd = y.to(images.device) if y is not None else None
+        layers += attention_maps(D, lambda: D(images, yd), points, size, "D")
+    return images, layers
+
+
 def _panel(ax, image, title: str | None = None):
     from .plots import to_display
 
@@ -127,9 +147,9 @@ def draw_image(image: torch.Tensor, points, layers: list[LayerMaps], b: int, pat
     return save_figure(fig, path)
 
 
-def draw_combined(images: torch.Tensor, points, layers: list[LayerMaps], path: Path, max_rows: int = 24) -> Path:
+def combined_figure(images: torch.Tensor, points, layers: list[LayerMaps], max_rows: int = 24):
     """Every image, a row per (image, query point), up to ``max_rows`` rows."""
-    from .plots import plt, save_figure
+    from .plots import plt
 
     pairs = [(b, q) for b in range(images.shape[0]) for q in range(len(points))][:max_rows]
     cols = 1 + len(layers)
@@ -139,7 +159,14 @@ def draw_combined(images: torch.Tensor, points, layers: list[LayerMaps], path: P
         _draw_rows(axes, images[b], [points[q]], one, b, r, titles=r == 0)
         axes[r][0].set_ylabel(f"image {b}, ({points[q][0]}, {points[q][1]})", fontsize=8)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
+
+
+def draw_combined(images: torch.Tensor, points, layers: list[LayerMaps], path: Path, max_rows: int = 24) -> Path:
+    """:func:`combined_figure`, saved as a PNG."""
+    from .plots import save_figure
+
+    return save_figure(combined_figure(images, points, layers, max_rows), path)
 
 
 def attention_modules(model: nn.Module) -> list[SelfAttention2d]:

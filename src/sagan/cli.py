@@ -337,21 +337,12 @@ def cmd_sample(argv: list[str]) -> int:
     n = ns.n
     if n < 1:
         raise UserError("--n must be at least 1")
-    if ns.truncation is not None and ns.truncation <= 0:
-        raise UserError("--truncation must be positive (typical values: 0.5 to 2)")
-    if ns.raw and src.suffix == ".safetensors":
-        raise UserError("--raw needs a run directory or checkpoint: exported files hold only the EMA generator")
+    _check_generator_options(ns, src)
     G = load_generator(src, device=resolve_device(ns.device), ema=not ns.raw)
+    _check_class(G, ns.class_)
     y = None
     if G.num_classes > 0:
-        if ns.class_ is not None:
-            if not 0 <= ns.class_ < G.num_classes:
-                raise UserError(f"--class must lie in 0..{G.num_classes - 1}")
-            y = ns.class_
-        else:
-            y = (torch.arange(n) * G.num_classes // n).long()
-    elif ns.class_ is not None:
-        raise UserError("this generator is unconditional; drop --class")
+        y = ns.class_ if ns.class_ is not None else (torch.arange(n) * G.num_classes // n).long()
     imgs = G.sample(n, y=y, seed=ns.seed, truncation=ns.truncation).cpu()
     base = src if src.is_dir() else src.parent
     tag = f"seed{ns.seed}" + (f"_class{ns.class_}" if ns.class_ is not None else "")
@@ -363,10 +354,7 @@ def cmd_sample(argv: list[str]) -> int:
         save_grid(imgs, out, columns=max(1, math.ceil(math.sqrt(n))))
         info(f"wrote a grid of {n} images to {out}")
         return 0
-    out = Path(ns.out) if ns.out else base / "generated" / tag
-    if out.exists() and any(out.iterdir()) and not ns.overwrite:
-        raise UserError(f"{out} already holds files; pass --overwrite or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder(ns, src, Path("generated") / tag)
     from PIL import Image
 
     arr = to_uint8(imgs).permute(0, 2, 3, 1).numpy()
@@ -429,17 +417,35 @@ def cmd_eval(argv: list[str]) -> int:
     res.update(step=int(state["step"]), checkpoint=str(ckpt_path), generator="raw" if ns.raw else "ema")
     if not is_main():
         return 0
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else None
     extra = []
-    if run_dir is not None and CheckpointManager(ckpt_path.parent).paths():
+    if ckpt_path.parent.name == "checkpoints" and CheckpointManager(ckpt_path.parent).paths():
         tag = f"step{res['step']:08d}_{res['generator']}_n{ns.n}" + (f"_trunc{ns.truncation}" if ns.truncation else "")
-        path, k = run_dir / "eval" / f"{tag}.json", 1
-        while path.exists():  # never overwrite an earlier evaluation (another --ref, say)
-            k += 1
-            path = run_dir / "eval" / f"{tag}_{k}.json"
-        extra.append(path)
+        # never overwrite an earlier evaluation (another --ref, say)
+        extra.append(_free_path(_run_dir_of(ckpt_path) / "eval", tag, ".json"))
     _report(res, Path(ns.json) if ns.json else None, extra)
     return 0
+
+
+def _run_dir_of(ckpt_path: Path) -> Path:
+    """The run directory of a checkpoint inside one, else the checkpoint's folder."""
+    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+
+
+def _check_generator_options(ns, src: Path) -> None:
+    """--truncation and --raw, as sample and interpolate take them."""
+    if ns.truncation is not None and ns.truncation <= 0:
+        raise UserError("--truncation must be positive (typical values: 0.5 to 2)")
+    if ns.raw and src.suffix == ".safetensors":
+        raise UserError("--raw needs a run directory or checkpoint: exported files hold only the EMA generator")
+
+
+def _check_class(G, class_: int | None) -> None:
+    if class_ is None:
+        return
+    if not G.num_classes:
+        raise UserError("this generator is unconditional; drop --class")
+    if not 0 <= class_ < G.num_classes:
+        raise UserError(f"--class must lie in 0..{G.num_classes - 1}")
 
 
 def _free_path(folder: Path, stem: str, suffix: str) -> Path:
@@ -481,7 +487,7 @@ def _truncation_sweep(ns, G, data, extractor, step: int, ckpt_path: Path) -> int
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    run_dir = _run_dir_of(ckpt_path)
     stem = f"truncation_sweep_step{step:08d}_{'raw' if ns.raw else 'ema'}_n{ns.n}"
     png = save_figure(fig, _free_path(run_dir / "eval", stem, ".png"))
     result = {"step": step, "checkpoint": str(ckpt_path), "n": ns.n, "reference": str(data.source), "points": points}
@@ -529,7 +535,7 @@ def cmd_attention(argv: list[str]) -> int:
     ns = _parse(_attention_parser(), argv)
     import torch
 
-    from .attention_maps import attention_maps, draw_combined, draw_image
+    from .attention_maps import attention_maps, draw_combined, draw_image, generated_attention
     from .sampling import _resolve_checkpoint, discriminator_from_checkpoint, generator_from_checkpoint, load_generator
     from .training import resolve_device
 
@@ -550,10 +556,7 @@ def cmd_attention(argv: list[str]) -> int:
         D = discriminator_from_checkpoint(state).to(device).eval()
     size = G.resolution
     points = _parse_points(ns.points, ns.grid, size)
-    if ns.class_ is not None and not (G.num_classes and 0 <= ns.class_ < G.num_classes):
-        raise UserError(f"--class must lie in 0..{G.num_classes - 1}" if G.num_classes
-                        else "this generator is unconditional; drop --class")
-    layers = []
+    _check_class(G, ns.class_)
     if ns.real:
         from .data import open_dataset
 
@@ -565,18 +568,14 @@ def cmd_attention(argv: list[str]) -> int:
         if G.num_classes and y is None:
             raise UserError(f"the model has {G.num_classes} classes but {ns.real} has {data.num_classes}; "
                             "pass images in the training data's class layout")
+        layers = attention_maps(D, lambda: D(images, y), points, size, "D") if D is not None else []
         what = f"real images from {ns.real}"
     else:
         y = None
         if G.num_classes:
             y = torch.full((ns.n,), ns.class_) if ns.class_ is not None else torch.arange(ns.n) % G.num_classes
-        # one batch: each layer keeps the maps of the last batch it ran
-        images = G.sample(ns.n, y=y, seed=ns.seed, batch_size=ns.n)
-        layers += attention_maps(G, lambda: G.sample(ns.n, y=y, seed=ns.seed, batch_size=ns.n), points, size, "G")
-        y = y.to(device) if y is not None else None
+        images, layers = generated_attention(G, D, ns.n, y, ns.seed, points)
         what = f"generated images (seed {ns.seed})"
-    if D is not None:
-        layers += attention_maps(D, lambda: D(images, y), points, size, "D")
     if not layers:
         raise UserError("this model has no self-attention layers (model.g_attn and model.d_attn are empty)"
                         + ("; D has none either, which --real needs" if ns.real else ""))
@@ -608,10 +607,7 @@ def cmd_interpolate(argv: list[str]) -> int:
         raise UserError("--steps must be at least 2 (the two endpoints)")
     if ns.fps <= 0:
         raise UserError("--fps must be positive")
-    if ns.truncation is not None and ns.truncation <= 0:
-        raise UserError("--truncation must be positive (typical values: 0.5 to 2)")
-    if ns.raw and src.suffix == ".safetensors":
-        raise UserError("--raw needs a run directory or checkpoint: exported files hold only the EMA generator")
+    _check_generator_options(ns, src)
     G = load_generator(src, device=resolve_device(ns.device), ema=not ns.raw)
     K = G.num_classes
     rows: dict[str, torch.Tensor] = {}
@@ -628,8 +624,7 @@ def cmd_interpolate(argv: list[str]) -> int:
     else:
         if len(ns.seeds) < 2:
             raise UserError("--seeds takes two or more seeds")
-        if ns.class_ is not None and not (K and 0 <= ns.class_ < K):
-            raise UserError(f"--class must lie in 0..{K - 1}" if K else "this generator is unconditional; drop --class")
+        _check_class(G, ns.class_)
         y = torch.tensor([ns.class_ or 0]) if K else None
         for m in methods:
             rows[m] = interpolate(G, latent_path(G.z_dim, ns.seeds, ns.steps, m, ns.truncation), y)

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import torch
 
-from .models import Generator, truncate
+from .models import Generator, latents
 
 __all__ = ["seed_latent", "lerp", "slerp", "latent_path", "class_path", "interpolate"]
 
 
 def seed_latent(z_dim: int, seed: int, truncation: float | None = None) -> torch.Tensor:
     """The z of ``Generator.sample(1, seed=seed)``, shape (z_dim,)."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(1, z_dim, generator=gen)
-    return (truncate(z, truncation, gen) if truncation is not None else z)[0]
+    return latents(1, z_dim, torch.Generator().manual_seed(seed), truncation)[0]
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -229,9 +229,7 @@ class Generator(nn.Module):
         """
         device = next(self.parameters()).device
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        z = torch.randn(n, self.z_dim, generator=gen)
-        if truncation is not None:
-            z = truncate(z, truncation, gen)
+        z = latents(n, self.z_dim, gen, truncation)
         labels = None
         if self.num_classes > 0:
             if y is None:
@@ -250,6 +248,14 @@ class Generator(nn.Module):
             yb = labels[i : i + batch_size].to(device) if labels is not None else None
             out.append(self(zb, yb))
         return torch.cat(out)
+
+
+def latents(n: int, z_dim: int, generator: torch.Generator | None = None,
+            truncation: float | None = None) -> torch.Tensor:
+    """``n`` standard normal z (truncated at ``truncation`` when given), the draw that
+    :meth:`Generator.sample` makes first."""
+    z = torch.randn(n, z_dim, generator=generator)
+    return truncate(z, truncation, generator) if truncation is not None else z
 
 
 def truncate(z: torch.Tensor, threshold: float, generator: torch.Generator | None = None) -> torch.Tensor:

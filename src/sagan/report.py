@@ -123,29 +123,19 @@ def _timeline(run_dir: Path, max_grids: int) -> list[tuple[str, bytes]]:
 
 def _attention_figure(run_dir: Path, device: torch.device) -> tuple[bytes, str] | None:
     """Attention maps of the latest checkpoint's EMA G (and D on its images), as PNG bytes."""
-    import tempfile
-
-    from .attention_maps import attention_maps, draw_combined, grid_points
+    from .attention_maps import combined_figure, generated_attention, grid_points
+    from .plots import figure_png
     from .sampling import _resolve_checkpoint, discriminator_from_checkpoint, generator_from_checkpoint
 
-    found = _resolve_checkpoint(run_dir)
-    _, state = found
+    _, state = _resolve_checkpoint(run_dir)
     G = generator_from_checkpoint(state).to(device).eval()
     D = discriminator_from_checkpoint(state).to(device).eval()
-    size = G.resolution
-    points = grid_points(size, 2)
-    n = 2
+    points, n = grid_points(G.resolution, 2), 2
     y = torch.arange(n) % G.num_classes if G.num_classes else None
-    with torch.no_grad():
-        images = G.sample(n, y=y, seed=0)
-    yd = y.to(device) if y is not None else None
-    layers = attention_maps(G, lambda: G.sample(n, y=y, seed=0), points, size, "G")
-    layers += attention_maps(D, lambda: D(images, yd), points, size, "D")
+    images, layers = generated_attention(G, D, n, y, 0, points)
     if not layers:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = draw_combined(images.cpu(), points, layers, Path(tmp) / "attention.png", max_rows=8)
-        png = path.read_bytes()
+    png = figure_png(combined_figure(images.cpu(), points, layers, max_rows=8))
     return png, f"step {int(state['step']):,}, EMA generator, seed 0"
 
 

@@ -174,6 +174,7 @@ class Trainer:
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.d_loss_fn, self.g_loss_fn = get_loss(t.loss)
+        self._one = torch.ones((), device=self.device)  # the count column of the logged sums
         self._build_forwards()
         workers = cfg.dataset.workers if cfg.dataset.workers >= 0 else default_workers()
         self.stream = BatchStream(self.data, t.batch_size, t.seed, cfg.dataset.flip, self.device,
@@ -390,8 +391,7 @@ class Trainer:
         g_loss = self.g_step()
         self.step += 1
         self.update_ema()
-        one = torch.ones((), device=self.device)
-        return torch.stack([d_loss.float(), g_loss.float(), d_real, d_fake, one]), imgs
+        return torch.stack([d_loss, g_loss, d_real, d_fake, self._one]), imgs
 
     def update_ema(self) -> None:
         if self.step < self.cfg.train.ema_start:
@@ -553,17 +553,15 @@ class Trainer:
         if improved:
             self.best_fid = res["fid"]
         rec["best_fid"] = self.best_fid
-        if not self.main:
-            self._barrier()  # rank 0 writes best.pt
-            return rec
-        metrics_file.write(json.dumps(rec) + "\n")
-        metrics_file.flush()
-        for key, tag in (("fid", "FID"), ("is", "IS"), ("kid", "KID"), ("intra_fid", "intra_FID")):
-            if key in rec:
-                writer.add_scalar(f"eval/{tag}", rec[key], self.step)
-        writer.add_scalar("eval/best_FID", self.best_fid, self.step)
-        if improved:
-            self.ckpts.save_best(self.state_dict())
+        if self.main:  # rank 0 logs and writes best.pt; the others wait for it
+            metrics_file.write(json.dumps(rec) + "\n")
+            metrics_file.flush()
+            for key, tag in (("fid", "FID"), ("is", "IS"), ("kid", "KID"), ("intra_fid", "intra_FID")):
+                if key in rec:
+                    writer.add_scalar(f"eval/{tag}", rec[key], self.step)
+            writer.add_scalar("eval/best_FID", self.best_fid, self.step)
+            if improved:
+                self.ckpts.save_best(self.state_dict())
         self._barrier()
         info(f"step {self.step:,}: FID {res['fid']:.2f}, IS {res['is']:.2f}"
              + (f", intra-FID {res['intra_fid']:.2f}" if "intra_fid" in res else "")
