@@ -23,7 +23,7 @@ def test_demo_preset_trains_through_the_cli(tmp_path):
 
 def test_compiled_training_matches_eager_training(tiny_folder, tmp_path):
     """--compile changes how the steps run, not what they compute (needs a C++ compiler; the
-    first step compiles for about a minute on 2 cores). The first losses agree closely; after
+    first step compiles for a minute or two on 2 cores). The first losses agree closely; after
     three steps the updates agree up to float reassociation, which Adam amplifies in weights
     whose gradients are noise (conv biases before batch norm), so they are compared as a whole
     against how far the weights moved."""
