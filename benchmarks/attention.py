@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import resource
 import sys
 import time
 
 import torch
-from common import append_rows, command_line, device_name, emit_result, run_isolated, sync
+from common import add_protocol_args, append_rows, command_line, device_name, print_table, run_child, run_isolated, sync
 
 SECTION = "Attention block (`benchmarks/attention.py`)"
 HEADER = ["date", "device", "torch", "command", "feature map", "N x N/4", "batch, channels, dtype",
@@ -96,11 +95,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16" if gpu else "fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cuda" if gpu else "cpu")
-    ap.add_argument("--record", action="store_true", help="append the rows to benchmarks/RESULTS.md")
-    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one measurement, as JSON
+    add_protocol_args(ap)
     args = ap.parse_args()
-    if args.one:
-        emit_result(measure(json.loads(args.one)))
+    if run_child(args, measure):
         return
 
     command = command_line("attention.py")
@@ -122,9 +119,7 @@ def main() -> None:
         rows.append(row)
         print(f"{s}x{s}: fused {row[7]} ms, {row[9]}; naive {row[8]} ms, {row[10]}; kernel {row[11]}",
               file=sys.stderr, flush=True)
-    print("| " + " | ".join(HEADER) + " |")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    print_table(HEADER, rows)
     if args.record:
         append_rows(SECTION, HEADER, rows)
         print("recorded in benchmarks/RESULTS.md", file=sys.stderr)

@@ -3,6 +3,7 @@ one measurement in a fresh process, and appending rows to a table of RESULTS.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import shlex
@@ -51,9 +52,19 @@ def command_line(script: str) -> str:
     return f"python benchmarks/{script} {args}".strip()
 
 
-def emit_result(result: dict) -> None:
-    """Called in the child process: hand ``result`` to :func:`run_isolated`."""
-    print("RESULT " + json.dumps(result), flush=True)
+def add_protocol_args(ap: argparse.ArgumentParser) -> None:
+    """``--record``, and the internal ``--one SPEC`` that :func:`run_isolated` passes a child."""
+    ap.add_argument("--record", action="store_true", help="append the rows to benchmarks/RESULTS.md")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+
+
+def run_child(args: argparse.Namespace, measure) -> bool:
+    """In a child started by :func:`run_isolated` (``--one SPEC``): measure SPEC, hand the
+    result to the parent and return True; in the parent, return False."""
+    if not args.one:
+        return False
+    print("RESULT " + json.dumps(measure(json.loads(args.one))), flush=True)
+    return True
 
 
 def run_isolated(script: str, spec: dict) -> tuple[dict | None, str]:
@@ -82,15 +93,24 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     return None
 
 
+def table_row(cells: list[str]) -> str:
+    """One row of a markdown table."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """The rows as a markdown table on stdout (its header without the separator line)."""
+    print("\n".join(table_row(r) for r in [header, *rows]))
+
+
 def append_rows(section: str, header: list[str], rows: list[list[str]]) -> None:
     """Add ``rows`` at the end of the table under ``## section`` in RESULTS.md, creating the
     section (at the end of the file) and the table header when they are missing."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Results\n"
     lines = text.splitlines()
-    fmt = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
     title = f"## {section}"
     if title not in lines:
-        lines += ["", title, "", fmt(header), fmt(["---"] * len(header))]
+        lines += ["", title, "", table_row(header), table_row(["---"] * len(header))]
         at = len(lines)
     else:
         i = lines.index(title) + 1
@@ -99,10 +119,10 @@ def append_rows(section: str, header: list[str], rows: list[list[str]]) -> None:
                 break
             i += 1
         if i >= len(lines) or not lines[i].startswith("|"):  # section without a table yet
-            lines[i:i] = [fmt(header), fmt(["---"] * len(header))]
+            lines[i:i] = [table_row(header), table_row(["---"] * len(header))]
             i += 2
         while i < len(lines) and lines[i].startswith("|"):
             i += 1
         at = i
-    lines[at:at] = [fmt(r) for r in rows]
+    lines[at:at] = [table_row(r) for r in rows]
     RESULTS.write_text("\n".join(lines) + "\n")

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import append_rows, command_line, device_name, emit_result, peak_flops, run_isolated, sync
+from common import (add_protocol_args, append_rows, command_line, device_name, peak_flops, print_table, run_child,
+                    run_isolated, sync)
 
 SECTION = "Throughput (`benchmarks/throughput.py`)"
 HEADER = ["date", "device", "torch", "command", "preset", "model", "precision", "mode", "img/s", "ms/iter",
@@ -163,11 +163,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--data", default=None, help="also measure the data loader on these images")
     ap.add_argument("--workers", type=int, default=8, help="decoding workers for --data")
-    ap.add_argument("--record", action="store_true", help="append the rows to benchmarks/RESULTS.md")
-    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one configuration, as JSON
+    add_protocol_args(ap)
     args = ap.parse_args()
-    if args.one:
-        emit_result(measure_one(json.loads(args.one)))
+    if run_child(args, measure_one):
         return
 
     command = command_line("throughput.py")
@@ -198,9 +196,7 @@ def main() -> None:
         for (p, precision, mode), v in speed.items():
             if p == preset and base and (precision, mode) != ("fp32", "eager"):
                 print(f"{preset} {precision} {mode}: {v / base:.2f}x the images/s of fp32 eager", file=sys.stderr)
-    print("| " + " | ".join(HEADER) + " |")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    print_table(HEADER, rows)
 
     loader_rows = []
     if args.data:

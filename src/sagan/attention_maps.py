@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .layers import SelfAttention2d, record_attention
+from .layers import record_attention
 
 __all__ = ["LayerMaps", "grid_points", "query_index", "keys_to_pixels", "attention_maps", "generated_attention",
            "draw_image", "combined_figure", "draw_combined"]
@@ -167,7 +167,3 @@ def draw_combined(images: torch.Tensor, points, layers: list[LayerMaps], path: P
     from .plots import save_figure
 
     return save_figure(combined_figure(images, points, layers, max_rows), path)
-
-
-def attention_modules(model: nn.Module) -> list[SelfAttention2d]:
-    return [m for m in model.modules() if isinstance(m, SelfAttention2d)]

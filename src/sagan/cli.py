@@ -344,12 +344,10 @@ def cmd_sample(argv: list[str]) -> int:
     if G.num_classes > 0:
         y = ns.class_ if ns.class_ is not None else (torch.arange(n) * G.num_classes // n).long()
     imgs = G.sample(n, y=y, seed=ns.seed, truncation=ns.truncation).cpu()
-    base = src if src.is_dir() else src.parent
     tag = f"seed{ns.seed}" + (f"_class{ns.class_}" if ns.class_ is not None else "")
     if ns.grid:
-        out = Path(ns.out) if ns.out else base / "samples" / f"sample_{tag}.png"
-        if out.exists() and not ns.overwrite:
-            raise UserError(f"{out} already exists; pass --overwrite or choose another --out")
+        out = _out_path(ns, src, Path("samples") / f"sample_{tag}.png")
+        _refuse_existing(out, ns.overwrite)
         out.parent.mkdir(parents=True, exist_ok=True)
         save_grid(imgs, out, columns=max(1, math.ceil(math.sqrt(n))))
         info(f"wrote a grid of {n} images to {out}")
@@ -372,7 +370,7 @@ def cmd_export(argv: list[str]) -> int:
     from .sampling import export_generator
 
     src = Path(ns.source)
-    out = Path(ns.out) if ns.out else (src if src.is_dir() else src.parent) / "generator_ema.safetensors"
+    out = _out_path(ns, src, "generator_ema.safetensors")
     export_generator(src, out, overwrite=ns.overwrite)
     info(f"exported the EMA generator to {out}; load it with sagan.load_generator('{out}')")
     return 0
@@ -473,20 +471,9 @@ def _truncation_sweep(ns, G, data, extractor, step: int, ckpt_path: Path) -> int
         info(f"truncation {t if t is not None else 'none'}: FID {res['fid']:.2f}, IS {res['is']:.2f}")
     if not is_main():
         return 0
-    from .plots import plt, save_figure
+    from .plots import save_figure, truncation_plot
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
-    ax.plot([p["is"] for p in points[:-1]], [p["fid"] for p in points[:-1]], marker="o", label="truncated z")
-    ax.plot([points[-1]["is"]], [points[-1]["fid"]], marker="s", linestyle="none", color="C3", label="no truncation")
-    for p in points:
-        ax.annotate(f"T={p['truncation']}" if p["truncation"] is not None else "none", (p["is"], p["fid"]),
-                    textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel("Inception Score (higher: more recognisable)")
-    ax.set_ylabel("FID (lower: closer to the data)")
-    ax.set_title(f"Truncation trade-off, step {step:,}, {ns.n:,} samples per point")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig = truncation_plot(points, f"Truncation trade-off, step {step:,}, {ns.n:,} samples per point")
     run_dir = _run_dir_of(ckpt_path)
     stem = f"truncation_sweep_step{step:08d}_{'raw' if ns.raw else 'ema'}_n{ns.n}"
     png = save_figure(fig, _free_path(run_dir / "eval", stem, ".png"))
@@ -502,8 +489,19 @@ def _truncation_sweep(ns, G, data, extractor, step: int, ckpt_path: Path) -> int
     return 0
 
 
-def _output_folder(ns, src: Path, default: str) -> Path:
-    out = Path(ns.out) if ns.out else (src if src.is_dir() else src.parent) / default
+def _out_path(ns, src: Path, default: str | Path) -> Path:
+    """--out, or ``default`` inside the run directory (or beside the checkpoint or export)."""
+    return Path(ns.out) if ns.out else (src if src.is_dir() else src.parent) / default
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists; pass --overwrite or choose another --out")
+
+
+def _output_folder(ns, src: Path, default: str | Path) -> Path:
+    """:func:`_out_path`, created; refused when it already holds files, unless --overwrite."""
+    out = _out_path(ns, src, default)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; choose a folder for --out")
     if out.exists() and any(out.iterdir()) and not ns.overwrite:
@@ -558,12 +556,12 @@ def cmd_attention(argv: list[str]) -> int:
     points = _parse_points(ns.points, ns.grid, size)
     _check_class(G, ns.class_)
     if ns.real:
-        from .data import open_dataset
+        from .data import open_dataset, to_model_range
 
         data = open_dataset(ns.real, size, G.img_channels, cache="none", workers=0, progress=False)  # n images only
         g = torch.Generator().manual_seed(ns.seed)
         idx = torch.randperm(len(data), generator=g)[: ns.n]
-        images = torch.stack([data[int(i)][0] for i in idx]).float().div(127.5).sub(1).to(device)
+        images = to_model_range(torch.stack([data[int(i)][0] for i in idx])).to(device)
         y = data.labels[idx].to(device) if G.num_classes and data.num_classes == G.num_classes else None
         if G.num_classes and y is None:
             raise UserError(f"the model has {G.num_classes} classes but {ns.real} has {data.num_classes}; "
@@ -629,11 +627,10 @@ def cmd_interpolate(argv: list[str]) -> int:
         for m in methods:
             rows[m] = interpolate(G, latent_path(G.z_dim, ns.seeds, ns.steps, m, ns.truncation), y)
         tag = f"seeds{'-'.join(map(str, ns.seeds))}" + (f"_class{ns.class_ or 0}" if K else "")
-    out = Path(ns.out) if ns.out else (src if src.is_dir() else src.parent) / "interpolation"
+    out = _out_path(ns, src, "interpolation")
     strip, gif = out / f"{tag}.png", out / f"{tag}.gif"
     for path in (strip, gif):
-        if path.exists() and not ns.overwrite:
-            raise UserError(f"{path} already exists; pass --overwrite or choose another --out")
+        _refuse_existing(path, ns.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     length = next(iter(rows.values())).shape[0]
     save_grid(torch.cat(list(rows.values())), strip, columns=length)

@@ -37,10 +37,16 @@ from tqdm.auto import tqdm
 
 from .console import UserError, info, warn
 
-__all__ = ["ImageData", "open_dataset", "BatchStream", "demo_data_path", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageData", "open_dataset", "BatchStream", "demo_data_path", "to_model_range", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] as float in [-1, 1], the models' range (the inverse of
+    :func:`sagan.sampling.to_uint8`)."""
+    return images.float().div_(127.5).sub_(1.0)
 
 
 def demo_data_path() -> Path:
@@ -619,7 +625,7 @@ class BatchStream:
             mask = (torch.rand(len(x) * self.world, generator=g) < 0.5)[self.rank :: self.world]
             x = torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
         self.position += 1
-        x = x.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        x = to_model_range(x.to(self.device, non_blocking=True))
         return x, y.to(self.device, non_blocking=True)
 
     def _report_unreadable(self) -> None:

@@ -43,10 +43,7 @@ def latent_path(z_dim: int, seeds: list[int], steps: int, method: str = "slerp",
     if len(seeds) < 2 or steps < 2:
         raise ValueError("need at least two seeds and two steps")
     fn = {"slerp": slerp, "lerp": lerp}[method]
-    zs = [seed_latent(z_dim, s, truncation) for s in seeds]
-    t = torch.linspace(0, 1, steps)
-    parts = [fn(zs[i], zs[i + 1], t)[(1 if i else 0):] for i in range(len(zs) - 1)]
-    return torch.cat(parts)
+    return _through([seed_latent(z_dim, s, truncation) for s in seeds], steps, fn)
 
 
 def class_path(num_classes: int, classes: list[int], steps: int) -> torch.Tensor:
@@ -55,26 +52,23 @@ def class_path(num_classes: int, classes: list[int], steps: int) -> torch.Tensor
     if len(classes) < 2 or steps < 2:
         raise ValueError("need at least two classes and two steps")
     eye = torch.eye(num_classes)
+    return _through([eye[c] for c in classes], steps, lerp)
+
+
+def _through(points: list[torch.Tensor], steps: int, fn) -> torch.Tensor:
+    """``fn`` along points[0] -> points[1] -> ..., ``steps`` per segment, each endpoint once."""
     t = torch.linspace(0, 1, steps)
-    parts = [lerp(eye[classes[i]], eye[classes[i + 1]], t)[(1 if i else 0):] for i in range(len(classes) - 1)]
-    return torch.cat(parts)
+    return torch.cat([fn(a, b, t)[(1 if i else 0):] for i, (a, b) in enumerate(zip(points, points[1:]))])
 
 
-@torch.no_grad()
 def interpolate(G: Generator, z: torch.Tensor, y: torch.Tensor | None, batch_size: int = 64) -> torch.Tensor:
-    """Images for rows of ``z`` with labels or class weights ``y`` (broadcast when one row),
-    in eval mode, batch-independent."""
-    device = next(G.parameters()).device
+    """Images (on the CPU) for rows of ``z`` with labels or class weights ``y`` (broadcast when
+    one row), in eval mode, batch-independent."""
+    if y is not None and y.shape[0] == 1:
+        y = y.expand(z.shape[0], *y.shape[1:])
     was = G.training
     G.eval()
     try:
-        out = []
-        for i in range(0, z.shape[0], batch_size):
-            zb = z[i : i + batch_size].to(device)
-            yb = None
-            if y is not None:
-                yb = (y.expand(zb.shape[0], *y.shape[1:]) if y.shape[0] == 1 else y[i : i + batch_size]).to(device)
-            out.append(G(zb, yb).cpu())
-        return torch.cat(out)
+        return G.generate(z, y, batch_size).cpu()
     finally:
         G.train(was)

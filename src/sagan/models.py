@@ -227,7 +227,6 @@ class Generator(nn.Module):
         ``y`` is a class index, a tensor of ``n`` indices, or None (random classes for a
         conditional model). ``seed`` makes z and random classes reproducible.
         """
-        device = next(self.parameters()).device
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         z = latents(n, self.z_dim, gen, truncation)
         labels = None
@@ -242,11 +241,17 @@ class Generator(nn.Module):
                     raise ValueError(f"y has {labels.numel()} labels for {n} samples")
             if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
                 raise ValueError(f"class labels must lie in 0..{self.num_classes - 1}")
+        return self.generate(z, labels, batch_size)
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 256) -> torch.Tensor:
+        """Images for the rows of ``z`` with class labels (or class weights) ``y``, run
+        ``batch_size`` at a time, on the model's device."""
+        device = next(self.parameters()).device
         out = []
-        for i in range(0, n, batch_size):
-            zb = z[i : i + batch_size].to(device)
-            yb = labels[i : i + batch_size].to(device) if labels is not None else None
-            out.append(self(zb, yb))
+        for i in range(0, z.shape[0], batch_size):
+            yb = y[i : i + batch_size].to(device) if y is not None else None
+            out.append(self(z[i : i + batch_size].to(device), yb))
         return torch.cat(out)
 
 

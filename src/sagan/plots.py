@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # before pyplot: never a GUI backend, also on a desktop
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["plt", "to_display", "figure_png", "save_figure", "line_plot"]
+__all__ = ["plt", "to_display", "figure_png", "save_figure", "line_plot", "truncation_plot"]
 
 
 def to_display(img: torch.Tensor):
@@ -52,5 +52,23 @@ def line_plot(series: dict[str, tuple[list, list]], title: str, xlabel: str, yla
     ax.grid(alpha=0.3)
     if len(series) > 1 or any(series):
         ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def truncation_plot(points: list[dict], title: str):
+    """IS against FID, one point per truncation threshold (``points[i]["truncation"]``; None,
+    the last, is no truncation), each labelled with its threshold."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
+    ax.plot([p["is"] for p in points[:-1]], [p["fid"] for p in points[:-1]], marker="o", label="truncated z")
+    ax.plot([points[-1]["is"]], [points[-1]["fid"]], marker="s", linestyle="none", color="C3", label="no truncation")
+    for p in points:
+        ax.annotate(f"T={p['truncation']}" if p["truncation"] is not None else "none", (p["is"], p["fid"]),
+                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("Inception Score (higher: more recognisable)")
+    ax.set_ylabel("FID (lower: closer to the data)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

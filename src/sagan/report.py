@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .console import UserError, info, warn
+from .sampling import CONFIG_FILE
 
 __all__ = ["read_metrics", "build_report"]
 
@@ -166,14 +167,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, overwrite: 
                  attention: bool = True, device: str | torch.device = "cpu", max_grids: int = 8) -> Path:
     """Write the HTML report of ``run_dir`` to ``out`` (default ``<run_dir>/report.html``)."""
     run_dir = Path(run_dir).expanduser()
-    if not (run_dir / "config.yaml").exists():
+    if not (run_dir / CONFIG_FILE).exists():
         raise UserError(f"{run_dir} is not a sagan run directory (no config.yaml); pass the --out of a sagan train run")
     out = Path(out) if out else run_dir / "report.html"
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite or choose another --out")
     device = torch.device(device)
     train, evals = read_metrics(run_dir)
-    config_text = (run_dir / "config.yaml").read_text()
+    config_text = (run_dir / CONFIG_FILE).read_text()
     e = html.escape
     parts = [f"<h1>SAGAN run: {e(run_dir.resolve().name)}</h1>",
              f"<p class='muted'>{e(str(run_dir.resolve()))}</p>"]
