@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_training import tiny_config  # noqa: E402
 
-from sagan.distributed import rank_world  # noqa: E402
+from sagan.distributed import cleanup, rank_world  # noqa: E402
 from sagan.training import Trainer  # noqa: E402
 
 data, out, mode, batch, steps = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
@@ -31,3 +31,4 @@ else:
 torch.save({"G": {k: v.detach() for k, v in tr.G.named_parameters()},
             "D": {k: v.detach() for k, v in tr.D.named_parameters()},
             "init": init}, out / f"params.{rank}.pt")
+cleanup()  # as the CLI does: exiting with a live gloo group can abort

@@ -124,6 +124,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from test_training import tiny_config
 from sagan.console import UserError
+from sagan.distributed import cleanup
 from sagan.training import Trainer
 
 data, root = sys.argv[2], Path(sys.argv[3])
@@ -134,6 +135,8 @@ try:
 except UserError as e:
     # one file per rank: two processes printing to one pipe can interleave their words
     (root / f"error_rank{os.environ['RANK']}.txt").write_text(str(e))
+finally:
+    cleanup()  # as the CLI does: exiting with a live gloo group can abort ("terminate called ...")
 """
 
 
