@@ -635,7 +635,8 @@ def cmd_interpolate(argv: list[str]) -> int:
     length = next(iter(rows.values())).shape[0]
     save_grid(torch.cat(list(rows.values())), strip, columns=length)
     _write_gif(rows, gif, ns.fps)
-    info(f"wrote {strip} ({', '.join(rows)}: one row each, {length} images) and the animation {gif}")
+    what = f"rows {', '.join(rows)}" if len(rows) > 1 else f"one row, {next(iter(rows))}"
+    info(f"wrote {strip} ({what}; {length} images per row) and the animation {gif}")
     return 0
 
 
