@@ -22,7 +22,7 @@ from .losses import (
     g_wasserstein,
     get_loss,
 )
-from .models import Discriminator, Generator, build_discriminator, build_generator, truncate
+from .models import Discriminator, Generator, build_discriminator, build_generator, standing_stats, truncate
 from .sampling import export_generator, load_generator
 from .training import Trainer
 from . import metrics  # noqa: E402  (sagan.metrics.evaluate_generator etc.)
@@ -39,6 +39,7 @@ __all__ = [
     "build_generator",
     "build_discriminator",
     "truncate",
+    "standing_stats",
     "d_hinge",
     "g_hinge",
     "d_nonsaturating",

@@ -111,6 +111,12 @@ class TrainConfig:
     """Decay of the EMA of G's weights (0 disables averaging: EMA = G)."""
     ema_start: int = 1000
     """Step before which the EMA simply copies G."""
+    ema_bn_stats: Literal["average", "copy"] = "copy"
+    """G's batch-norm running statistics in the EMA: ``average`` them with the same decay as the
+    weights (BigGAN-PyTorch), or ``copy`` the raw G's. Spectral norm's u/v are always copied."""
+    ema_bn_batches: int = 0
+    """> 0: re-estimate the saved EMA generator's batch-norm statistics at checkpoint time from
+    this many batches of fresh noise (standing statistics; 0: keep the running ones)."""
     channels_last: bool = True
     """Keep activations in channels-last memory layout (faster convolutions on CPU and GPU)."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -16,7 +16,7 @@ from torch import nn
 
 from .layers import ConditionalBatchNorm2d, LayerFactory, SelfAttention2d, upsample2x
 
-__all__ = ["Generator", "Discriminator", "G_ARCH", "D_ARCH", "SUPPORTED_RESOLUTIONS"]
+__all__ = ["Generator", "Discriminator", "G_ARCH", "D_ARCH", "SUPPORTED_RESOLUTIONS", "standing_stats"]
 
 
 @dataclass(frozen=True)
@@ -253,6 +253,34 @@ class Generator(nn.Module):
             yb = y[i : i + batch_size].to(device) if y is not None else None
             out.append(self(z[i : i + batch_size].to(device), yb))
         return torch.cat(out)
+
+
+@torch.no_grad()
+def standing_stats(G: Generator, batches: int, batch_size: int = 64, seed: int = 0) -> Generator:
+    """Re-estimate every batch norm's running statistics of ``G`` from ``batches`` forward passes
+    of fresh noise (and uniformly drawn classes), as the cumulative average over the batches
+    (BigGAN's "standing statistics"). Only the batch norms run in training mode: spectral norm's
+    vectors are left as they are. Returns ``G`` in eval mode."""
+    if batches < 1:
+        raise ValueError("standing statistics need at least one batch")
+    bns = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    G.eval()
+    gen = torch.Generator().manual_seed(seed)
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the batches
+        m.train()
+    try:
+        for _ in range(batches):
+            z = torch.randn(batch_size, G.z_dim, generator=gen)
+            y = torch.randint(0, G.num_classes, (batch_size,), generator=gen) if G.num_classes else None
+            G.generate(z, y, batch_size)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+            m.eval()
+    return G
 
 
 def latents(n: int, z_dim: int, generator: torch.Generator | None = None,

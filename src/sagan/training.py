@@ -165,6 +165,7 @@ class Trainer:
         self.D = build_discriminator(m).to(self.device, memory_format=self.memory_format)
         # the EMA keeps plain batch norm, even when G's is synchronised, so sampling needs no group
         self.ema = AveragedModel(self.G, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=False)
+        self._ema_bn = bn_statistics(self.ema.module)
         if t.sync_bn and self.world > 1:
             self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
         fused = {"fused": True} if self.device.type == "cuda" else {}
@@ -394,9 +395,17 @@ class Trainer:
         return torch.stack([d_loss, g_loss, d_real, d_fake, self._one]), imgs
 
     def update_ema(self) -> None:
-        if self.step < self.cfg.train.ema_start:
+        t = self.cfg.train
+        if self.step < t.ema_start:
             self.ema.n_averaged.zero_()  # the next update copies G
+        # AveragedModel averages the parameters and copies every buffer; BN statistics are then
+        # averaged like the weights (SN's u/v stay copied: averaging would shrink them)
+        average_bn = t.ema_bn_stats == "average" and int(self.ema.n_averaged) > 0 and t.ema_decay > 0
+        if average_bn:
+            previous = [b.clone() for b in self._ema_bn]
         self.ema.update_parameters(self.G)
+        if average_bn:
+            torch._foreach_lerp_(self._ema_bn, previous, t.ema_decay)  # decay * old + (1 - decay) * G's
 
     def fit(self) -> dict[str, float]:
         """Train until ``config.steps``; returns the last logged metrics."""
@@ -616,6 +625,12 @@ def graceful_stop(echo_s: float = 2.0):
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+
+
+def bn_statistics(model: nn.Module) -> list[torch.Tensor]:
+    """The running means and variances of every batch norm in ``model``."""
+    return [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for b in (m.running_mean, m.running_var) if b is not None]
 
 
 def copy_config(cfg: RunConfig) -> RunConfig:
