@@ -19,16 +19,16 @@ cfg.dataset.flip = True
 cfg.train.seed = 1 if mode == "fit-seed1" else 0
 tr = Trainer(cfg, out / "run", device="cpu", progress=False)
 rank, world = rank_world()
-init = {net: {k: v.detach().clone() for k, v in m.named_parameters()} for net, m in (("G", tr.G), ("D", tr.D))}
+init = {net: {k: v.detach().clone() for k, v in m.named_parameters()} for net, m in (("G", tr.gan.G), ("D", tr.gan.D))}
 if mode == "manual":
-    tr.G.eval()  # running statistics: every sample is processed on its own
+    tr.gan.G.eval()  # running statistics: every sample is processed on its own
     for _ in range(steps):
         for _ in range(cfg.train.n_dis):
-            tr.d_step(*next(tr.stream))
-        tr.g_step()
+            tr.gan.d_step(*next(tr.stream))
+        tr.gan.g_step()
 else:
     tr.fit()
-torch.save({"G": {k: v.detach() for k, v in tr.G.named_parameters()},
-            "D": {k: v.detach() for k, v in tr.D.named_parameters()},
+torch.save({"G": {k: v.detach() for k, v in tr.gan.G.named_parameters()},
+            "D": {k: v.detach() for k, v in tr.gan.D.named_parameters()},
             "init": init}, out / f"params.{rank}.pt")
 cleanup()  # as the CLI does: exiting with a live gloo group can abort

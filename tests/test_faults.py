@@ -13,6 +13,7 @@ import torch
 from conftest import write_class_folder
 from sagan.checkpoints import CheckpointManager, load_checkpoint
 from sagan.console import UserError
+from sagan.gan import GANState
 from sagan.training import Trainer, TrainingDiverged
 from test_cli import TINY, sagan_inproc
 from test_training import tiny_config
@@ -97,7 +98,7 @@ def test_injected_nan_stops_training_and_keeps_the_last_good_checkpoint(tiny_fol
     # checked before every checkpoint, so a poisoned one is never written.
     cfg = tiny_config(tiny_folder, steps=12, ckpt_every=2, log_every=1 if where == "loss" else 100, sample_every=100)
     tr = Trainer(cfg, tmp_path / "run", progress=False)
-    real_step = Trainer.g_step
+    real_step = GANState.g_step
 
     def poisoned(self):
         loss = real_step(self)
@@ -106,7 +107,7 @@ def test_injected_nan_stops_training_and_keeps_the_last_good_checkpoint(tiny_fol
                 next(self.G.parameters()).fill_(float("nan"))
         return loss
 
-    monkeypatch.setattr(Trainer, "g_step", poisoned)
+    monkeypatch.setattr(GANState, "g_step", poisoned)
     with pytest.raises(TrainingDiverged) as e:
         tr.fit()
     msg = str(e.value)
@@ -121,7 +122,7 @@ def test_injected_nan_stops_training_and_keeps_the_last_good_checkpoint(tiny_fol
 
 def test_divergence_is_a_one_line_error_from_the_cli(tmp_path, capsys, monkeypatch):
     data = write_class_folder(tmp_path / "shapes")
-    real_step = Trainer.g_step
+    real_step = GANState.g_step
 
     def poisoned(self):
         loss = real_step(self)
@@ -129,7 +130,7 @@ def test_divergence_is_a_one_line_error_from_the_cli(tmp_path, capsys, monkeypat
             next(self.D.parameters()).fill_(float("inf"))
         return loss
 
-    monkeypatch.setattr(Trainer, "g_step", poisoned)
+    monkeypatch.setattr(GANState, "g_step", poisoned)
     r = sagan_inproc(capsys, "train", "--data", data, "--out", tmp_path / "run", "--steps", 4, *TINY)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: training diverged at step 2")

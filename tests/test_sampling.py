@@ -5,7 +5,8 @@ import torch
 
 from sagan.console import UserError
 from sagan.models import Generator
-from sagan.sampling import baked_state_dict, load_generator
+from sagan.export import baked_state_dict
+from sagan.loading import load_generator
 
 
 @pytest.mark.parametrize("embed_sn,shared_dim", [(False, 0), (True, 0), (False, 16), (True, 16)])

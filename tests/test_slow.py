@@ -36,10 +36,10 @@ def test_compiled_training_matches_eager_training(tiny_folder, tmp_path):
     for compiled in (False, True):
         cfg = tiny_config(tiny_folder, steps=3, ckpt_every=100, sample_every=100, compile=compiled)
         tr = Trainer(cfg, tmp_path / f"run{compiled}", progress=False)
-        init = {k: v.detach().clone() for k, v in tr.G.named_parameters()}
-        init |= {f"D.{k}": v.detach().clone() for k, v in tr.D.named_parameters()}
+        init = {k: v.detach().clone() for k, v in tr.gan.G.named_parameters()}
+        init |= {f"D.{k}": v.detach().clone() for k, v in tr.gan.D.named_parameters()}
         tr.fit()
-        now = {k: v.detach() for k, v in tr.G.named_parameters()} | {f"D.{k}": v.detach() for k, v in tr.D.named_parameters()}
+        now = {k: v.detach() for k, v in tr.gan.G.named_parameters()} | {f"D.{k}": v.detach() for k, v in tr.gan.D.named_parameters()}
         first = json.loads((tmp_path / f"run{compiled}" / "metrics.jsonl").read_text().splitlines()[0])
         runs[compiled] = ({k: now[k] - init[k] for k in now}, first)
     (eager, first_e), (comp, first_c) = runs[False], runs[True]

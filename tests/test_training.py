@@ -25,15 +25,15 @@ def _buffers_and_params(module):
 def test_ema_averages_parameters_and_copies_spectral_norm_buffers(tiny_folder, tmp_path):
     tr = Trainer(tiny_config(tiny_folder, ema_decay=0.75, ema_start=0), tmp_path / "run", progress=False)
     tr.fit()
-    _, ema_before = _buffers_and_params(tr.ema.module)
+    _, ema_before = _buffers_and_params(tr.gan.ema.module)
     with torch.no_grad():  # move G away from the EMA and refresh its SN vectors with a training forward
-        for p in tr.G.parameters():
+        for p in tr.gan.G.parameters():
             p.add_(0.1 * torch.randn_like(p))
-        tr.G.train()(torch.randn(8, 8), torch.randint(0, 2, (8,)))
-    _, g_params = _buffers_and_params(tr.G)
-    g_buffers = {k: v.clone() for k, v in tr.G.named_buffers()}
-    tr.update_ema()
-    ema_buffers, ema_params = _buffers_and_params(tr.ema.module)
+        tr.gan.G.train()(torch.randn(8, 8), torch.randint(0, 2, (8,)))
+    _, g_params = _buffers_and_params(tr.gan.G)
+    g_buffers = {k: v.clone() for k, v in tr.gan.G.named_buffers()}
+    tr.gan.update_ema()
+    ema_buffers, ema_params = _buffers_and_params(tr.gan.ema.module)
     for k, p in ema_params.items():  # EMA of parameters: decay * old + (1 - decay) * new
         assert torch.allclose(p, 0.75 * ema_before[k] + 0.25 * g_params[k], atol=1e-6), k
     sn_keys = [k for k in g_buffers if k.endswith(("_u", "_v"))]
@@ -45,7 +45,7 @@ def test_ema_averages_parameters_and_copies_spectral_norm_buffers(tiny_folder, t
 def test_ema_copies_g_before_ema_start(tiny_folder, tmp_path):
     tr = Trainer(tiny_config(tiny_folder, steps=2, ema_decay=0.9, ema_start=100), tmp_path / "run", progress=False)
     tr.fit()
-    for (k, p), q in zip(tr.G.state_dict().items(), tr.ema.module.state_dict().values()):
+    for (k, p), q in zip(tr.gan.G.state_dict().items(), tr.gan.ema.module.state_dict().values()):
         assert torch.equal(p, q), k
 
 
@@ -169,33 +169,33 @@ def test_missing_inception_weights_stop_training_before_it_starts(tiny_folder, t
 def test_bf16_autocast_runs_convolutions_in_bf16_and_keeps_fp32_weights(tiny_folder, tmp_path):
     tr = Trainer(tiny_config(tiny_folder, steps=1, precision="bf16"), tmp_path / "run", progress=False)
     seen = {}
-    first_conv = {"G": next(m for m in tr.G.modules() if isinstance(m, torch.nn.Conv2d)),
-                  "D": next(m for m in tr.D.modules() if isinstance(m, torch.nn.Conv2d))}
+    first_conv = {"G": next(m for m in tr.gan.G.modules() if isinstance(m, torch.nn.Conv2d)),
+                  "D": next(m for m in tr.gan.D.modules() if isinstance(m, torch.nn.Conv2d))}
     for net, conv in first_conv.items():
         conv.register_forward_hook(lambda mod, args, out, net=net: seen.setdefault(net, out.dtype) and None)
-    before = {k: v.clone() for k, v in tr.D.state_dict().items()}
+    before = {k: v.clone() for k, v in tr.gan.D.state_dict().items()}
     tr.fit()
     assert seen == {"G": torch.bfloat16, "D": torch.bfloat16}
-    for net in (tr.G, tr.D, tr.ema.module):
+    for net in (tr.gan.G, tr.gan.D, tr.gan.ema.module):
         assert all(p.dtype == torch.float32 for p in net.parameters())
-    assert any(not torch.equal(before[k], v) for k, v in tr.D.state_dict().items())  # it trained
+    assert any(not torch.equal(before[k], v) for k, v in tr.gan.D.state_dict().items())  # it trained
 
 
 def test_fp16_grad_scaler_skips_overflowing_steps_and_resumes_its_scale(tiny_folder, tmp_path):
     tr = Trainer(tiny_config(tiny_folder, steps=1, precision="fp16", ckpt_every=100), tmp_path / "run", progress=False)
-    assert tr.scaler_d.is_enabled() and tr.scaler_g.is_enabled()
-    tr.scaler_d.load_state_dict({**tr.scaler_d.state_dict(), "scale": 8.0})
+    assert tr.gan.scaler_d.is_enabled() and tr.gan.scaler_g.is_enabled()
+    tr.gan.scaler_d.load_state_dict({**tr.gan.scaler_d.state_dict(), "scale": 8.0})
     x, y = next(tr.stream)
-    D0 = {k: v.clone() for k, v in tr.D.state_dict().items()}
-    tr.d_step(torch.full_like(x, float("inf")), y)  # every gradient overflows: no update, scale halved
-    assert tr.scaler_d.get_scale() == 4.0
-    assert all(torch.equal(D0[k], v) for k, v in tr.D.state_dict().items() if "original" in k)
-    tr.d_step(x, y)
-    assert tr.scaler_d.get_scale() == 4.0  # grows only after growth_interval good steps
-    assert any(not torch.equal(D0[k], v) for k, v in tr.D.state_dict().items() if "original" in k)
+    D0 = {k: v.clone() for k, v in tr.gan.D.state_dict().items()}
+    tr.gan.d_step(torch.full_like(x, float("inf")), y)  # every gradient overflows: no update, scale halved
+    assert tr.gan.scaler_d.get_scale() == 4.0
+    assert all(torch.equal(D0[k], v) for k, v in tr.gan.D.state_dict().items() if "original" in k)
+    tr.gan.d_step(x, y)
+    assert tr.gan.scaler_d.get_scale() == 4.0  # grows only after growth_interval good steps
+    assert any(not torch.equal(D0[k], v) for k, v in tr.gan.D.state_dict().items() if "original" in k)
     tr.save_checkpoint()
     resumed = Trainer(tiny_config(tiny_folder, steps=1, precision="fp16", ckpt_every=100), tmp_path / "run", progress=False)
-    assert resumed.scaler_d.get_scale() == 4.0
+    assert resumed.gan.scaler_d.get_scale() == 4.0
 
 
 def test_a_signal_echoed_within_the_grace_period_is_ignored_and_a_later_one_interrupts(monkeypatch):

@@ -10,9 +10,12 @@ Public API::
     trainer.fit()
 """
 
-from .config import DatasetConfig, ModelConfig, RunConfig, TrainConfig, load_preset
+from .config import DatasetConfig, ModelConfig, RunConfig, TrainConfig, load_config, load_preset
 from .data import BatchStream, ImageData, open_dataset
+from .export import export_generator
+from .gan import GANState
 from .layers import ConditionalBatchNorm2d, SelfAttention2d, record_attention, spectral_norm
+from .loading import load_generator
 from .losses import (
     d_hinge,
     d_nonsaturating,
@@ -23,7 +26,6 @@ from .losses import (
     get_loss,
 )
 from .models import Discriminator, Generator, build_discriminator, build_generator, standing_stats, truncate
-from .sampling import export_generator, load_generator
 from .training import Trainer
 from . import metrics  # noqa: E402  (sagan.metrics.evaluate_generator etc.)
 
@@ -47,6 +49,7 @@ __all__ = [
     "d_wasserstein",
     "g_wasserstein",
     "get_loss",
+    "GANState",
     "Trainer",
     "metrics",
     "load_generator",
@@ -56,6 +59,7 @@ __all__ = [
     "DatasetConfig",
     "TrainConfig",
     "load_preset",
+    "load_config",
     "open_dataset",
     "ImageData",
     "BatchStream",

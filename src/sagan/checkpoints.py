@@ -1,14 +1,14 @@
-"""Checkpoint files: atomic writes, rotation, and safe loading.
+"""Checkpoint files: writing, rotation and safe loading.
 
 A checkpoint is a ``torch.save`` of plain containers of tensors, numbers and strings only,
-so that it loads with ``torch.load(weights_only=True)``. It is written to a temporary file in
-the same directory, fsynced, and moved into place with ``os.replace``: a crash at any moment
-leaves either the old file or the new one, never a half-written one under the final name.
+so that it loads with ``torch.load(weights_only=True)``. It is written through
+:func:`sagan.rundir.atomic_write`: a crash at any moment leaves either the old file or the new
+one, never a half-written one under the final name. A checkpoint that cannot be read is never
+deleted: resuming moves it aside as ``<name>.unreadable`` and says so.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,35 +16,17 @@ from typing import Any
 import torch
 
 from .console import UserError, warn
+from .rundir import atomic_write, remove_temporaries
 
-__all__ = ["atomic_save", "load_checkpoint", "CheckpointManager"]
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointManager"]
 
 _NAME = re.compile(r"^ckpt_(\d{8,})\.pt$")
 BEST_NAME = "best.pt"
-_TMP = re.compile(r"^\.(ckpt_\d{8,}|best)\.pt\.tmp\d+$")  # atomic_save's temporaries
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file, fsync and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
+    """``torch.save`` through :func:`atomic_write`."""
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -53,9 +35,12 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise UserError(f"checkpoint {path} is not readable ({type(e).__name__}); it may be truncated or corrupt") from e
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a sagan checkpoint")
+    return state
 
 
 class CheckpointManager:
@@ -72,22 +57,14 @@ class CheckpointManager:
         return [p for _, p in sorted(found)]
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"ckpt_{step:08d}.pt"
-        atomic_save(state, path)
+        path = save_checkpoint(state, self.folder / f"ckpt_{step:08d}.pt")
         for old in self.paths()[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete temporary files that a process killed in the middle of a save left behind."""
-        gone = []
-        if self.folder.is_dir():
-            for p in self.folder.iterdir():
-                if _TMP.match(p.name):
-                    p.unlink(missing_ok=True)
-                    gone.append(p)
-        return gone
+        return remove_temporaries(self.folder)
 
     @property
     def best_path(self) -> Path:
@@ -95,15 +72,29 @@ class CheckpointManager:
 
     def save_best(self, state: dict[str, Any]) -> Path:
         """Write ``best.pt`` (never pruned; numbered checkpoints are counted separately)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_save(state, self.best_path)
-        return self.best_path
+        return save_checkpoint(state, self.best_path)
 
-    def latest(self, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
-        """The newest readable checkpoint; unreadable newer ones are skipped with a warning."""
-        for path in reversed(self.paths()):
+    def latest(self, map_location: str | torch.device = "cpu", quiet: bool = False,
+               set_aside: bool = False) -> tuple[Path, dict[str, Any]] | None:
+        """The newest readable checkpoint, or None when there is none at all. Unreadable newer
+        ones are skipped with a warning (and, with ``set_aside``, renamed ``*.unreadable`` so that
+        rotation never deletes them); when checkpoints exist but none can be read, a UserError."""
+        paths = self.paths()
+        bad = []
+        for path in reversed(paths):
             try:
-                return path, load_checkpoint(path, map_location)
+                state = load_checkpoint(path, map_location)
             except UserError as e:
-                warn(f"{e}; skipping it and trying the previous checkpoint")
+                bad.append(path)
+                if not quiet:
+                    warn(f"{e}; skipping it and trying the previous checkpoint")
+                continue
+            for b in bad if set_aside else []:
+                b.rename(b.with_name(b.name + ".unreadable"))
+                warn(f"moved the unreadable {b.name} aside as {b.name}.unreadable")
+            return path, state
+        if paths:
+            raise UserError(f"none of the {len(paths)} checkpoints in {self.folder} can be read (truncated or "
+                            "corrupt); they are left as they are: move them elsewhere to start the run over, "
+                            "or restore a copy")
         return None

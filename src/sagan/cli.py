@@ -1,14 +1,14 @@
-"""The ``sagan`` command: train, sample and export.
+"""The ``sagan`` command: one verb per job (train, sample, export, eval, score, attention,
+interpolate, report). Each verb parses its options, turns them into calls of the library and
+prints what it did; mistakes become one line (``error: ...``, exit status 2), never a traceback.
 
-``sagan train`` takes a preset (``demo`` unless given), an optional ``--config`` YAML and dotted
-overrides, in that order. Running it again on the same run directory resumes; an existing run
-directory's saved config is the base when no ``--preset`` is given, so ``sagan train --out RUN
---steps N`` continues a run without repeating its options.
+``sagan train`` resolves its config in :mod:`sagan.config`'s order: a preset (``demo`` unless
+given) or the saved config of the run in ``--out``, then ``--config`` files, then dotted
+overrides. Running it again on the same run directory resumes.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -27,32 +27,24 @@ try:
 except (AttributeError, TypeError):  # pragma: no cover
     jsonargparse.set_docstring_parse_options(attribute_docstrings=True)
 
-from .config import PRESETS, RunConfig, _flatten, config_from_dict, preset_path, suggest_key  # noqa: E402
+from .config import (PRESETS, RunConfig, base_config, config_from_dict, config_to_dict, flatten,  # noqa: E402
+                     read_yaml, suggest_key)
 from .console import UserError, info  # noqa: E402
-
-COMMANDS = {
-    "train": "train a SAGAN (default: the demo preset on bundled MNIST); rerun to resume",
-    "sample": "write images or a grid from a run directory, checkpoint or exported file",
-    "export": "write a run's EMA generator as safetensors, spectral norm baked in",
-    "eval": "IS, FID, KID and intra-FID of a run's EMA generator (TF-Inception, as published numbers)",
-    "score": "IS, FID and KID of a folder or zip of images against another (e.g. samples from other tools)",
-    "attention": "draw where each attention layer looks, for query points on generated (or real) images",
-    "interpolate": "latent (slerp/lerp) and class interpolation as a PNG strip and an animated GIF",
-    "report": "one self-contained HTML page: losses, D outputs, attention gammas, FID/IS, samples, maps",
-}
+from .rundir import RunDir, expand  # noqa: E402
 
 
-def _train_parser() -> ArgumentParser:
-    p = ArgumentParser(
-        prog="sagan train",
-        description="Train a Self-Attention GAN. Options apply in order: --preset, then --config, then "
-        "dotted overrides such as --model.g_ch 32 or --train.lr_d 2e-4. Rerunning on an existing --out "
-        "resumes from its latest checkpoint. Shorthands: --model.ch N (both widths), --precision "
-        "fp32|bf16|fp16, --compile, --sync_bn. On several GPUs or nodes, launch it with torchrun: "
-        "torchrun --nproc_per_node=N -m sagan train ... (train.batch_size is per process).",
-        exit_on_error=False,
-        default_env=False,
-    )
+def _parser(prog: str, description: str) -> ArgumentParser:
+    return ArgumentParser(prog=prog, description=description, exit_on_error=False, default_env=False)
+
+
+def _train_parser(base: RunConfig) -> ArgumentParser:
+    """The train parser with ``base`` as its defaults, so that --help and --print_config show
+    the values that will really be used."""
+    p = _parser("sagan train", "Train a Self-Attention GAN. Options apply in order: --preset, then --config, then "
+                "dotted overrides such as --model.g_ch 32 or --train.lr_d 2e-4. Rerunning on an existing --out "
+                "resumes from its latest checkpoint. Shorthands: --model.ch N (both widths), --precision "
+                "fp32|bf16|fp16, --compile, --sync_bn. On several GPUs or nodes, launch it with torchrun: "
+                "torchrun --nproc_per_node=N -m sagan train ... (train.batch_size is per process).")
     p.add_argument("--preset", type=Optional[str], default=None,
                    help=f"bundled preset: {', '.join(PRESETS)} (default: demo, or the saved config of an existing --out)")
     p.add_argument("--config", action=ActionConfigFile, help="a YAML file of config values (see --print_config)")
@@ -62,39 +54,30 @@ def _train_parser() -> ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete an existing run in --out and start over")
     p.add_argument("--no_progress", action="store_true", help="no progress bar (metrics are still logged)")
     p.add_class_arguments(RunConfig, None)
+    p.set_defaults(flatten(config_to_dict(base)))
     return p
 
 
-def _sample_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="sagan sample", description="Write samples from a trained generator (EMA by default).",
-                       exit_on_error=False, default_env=False)
-    p.add_argument("source", type=str, help="run directory, checkpoint (.pt) or exported .safetensors")
-    p.add_argument("--n", type=int, default=64, help="number of images")
-    p.add_argument("--class", type=Optional[int], default=None, dest="class_",
-                   help="class index for a conditional model (default: classes spread over the samples)")
-    p.add_argument("--grid", action="store_true", help="write one grid PNG instead of one PNG per image")
-    p.add_argument("--seed", type=int, default=0, help="random seed for z (and classes)")
-    p.add_argument("--truncation", type=Optional[float], default=None, help="truncation trick: resample |z| > T")
-    p.add_argument("--out", type=Optional[str], default=None,
-                   help="output PNG (with --grid) or folder (default: inside the run directory)")
-    p.add_argument("--raw", action="store_true", help="use the raw generator instead of its EMA (checkpoints only)")
+def _source(p: ArgumentParser, what: str = "run directory, checkpoint (.pt) or exported .safetensors") -> None:
+    p.add_argument("source", type=str, help=what)
+
+
+def _generator_args(p: ArgumentParser, out_help: str, raw: bool = True) -> None:
+    """What every verb that runs a trained generator takes."""
+    if raw:
+        p.add_argument("--raw", action="store_true", help="the raw generator instead of its EMA (checkpoints only)")
+    p.add_argument("--out", type=Optional[str], default=None, help=out_help)
     p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    return p
 
 
-def _export_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="sagan export", description="Export the EMA generator of a run as safetensors "
-                       "(spectral norm baked into plain weights, config in the metadata).",
-                       exit_on_error=False, default_env=False)
-    p.add_argument("source", type=str, help="run directory or checkpoint (.pt)")
-    p.add_argument("--out", type=Optional[str], default=None,
-                   help="output file (default: <run>/generator_ema.safetensors)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    return p
+def _noise_args(p: ArgumentParser, class_help: str) -> None:
+    p.add_argument("--seed", type=int, default=0, help="random seed for z (and classes)")
+    p.add_argument("--class", type=Optional[int], default=None, dest="class_", help=class_help)
+    p.add_argument("--truncation", type=Optional[float], default=None, help="truncation trick: resample |z| > T")
 
 
-def _add_inception_args(p: ArgumentParser) -> None:
+def _inception_args(p: ArgumentParser) -> None:
     p.add_argument("--inception-weights", "--inception_weights", type=Optional[str], default=None,
                    dest="inception_weights",
                    help="local TF-Inception weights (weights-inception-2015-12-05-6726825d.pth); "
@@ -105,17 +88,37 @@ def _add_inception_args(p: ArgumentParser) -> None:
     p.add_argument("--json", type=Optional[str], default=None, help="also write the results to this JSON file")
 
 
+def _sample_parser() -> ArgumentParser:
+    p = _parser("sagan sample", "Write samples from a trained generator (EMA by default).")
+    _source(p)
+    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--grid", action="store_true", help="write one grid PNG instead of one PNG per image")
+    _noise_args(p, "class index for a conditional model (default: classes spread over the samples)")
+    _generator_args(p, "output PNG (with --grid) or folder (default: inside the run directory)")
+    return p
+
+
+def _export_parser() -> ArgumentParser:
+    p = _parser("sagan export", "Export the EMA generator of a run as safetensors "
+                "(spectral norm baked into plain weights, config in the metadata).")
+    _source(p, "run directory or checkpoint (.pt)")
+    p.add_argument("--out", type=Optional[str], default=None, help="output file (default: <run>/generator_ema.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    return p
+
+
 def _eval_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="sagan eval", description="Score a trained generator the standard way: N samples "
-                       "from the EMA G, TF-Inception features (torch-fidelity), IS, FID and KID against a reference "
-                       "set, and intra-FID (mean per-class FID) for conditional models. Reference statistics are "
-                       "cached by content, resolution and extractor.", exit_on_error=False, default_env=False)
-    p.add_argument("source", type=str, help="run directory or checkpoint (.pt)")
+    p = _parser("sagan eval", "Score a trained generator the standard way: N samples from the EMA G, TF-Inception "
+                "features (torch-fidelity), IS, FID and KID against a reference set, and intra-FID (mean per-class "
+                "FID) for conditional models. Reference statistics are cached by content, resolution and the "
+                "Inception weights.")
+    _source(p, "run directory or checkpoint (.pt)")
     p.add_argument("--n", type=int, default=50_000, help="number of generated samples (default: 50k, as published)")
     p.add_argument("--ref", type=Optional[str], default=None,
                    help="reference images (folder, zip, CIFAR, MNIST); default: the run's training data")
     p.add_argument("--ref_split", type=Optional[str], default=None, help="train or test, for CIFAR/MNIST references")
-    p.add_argument("--ref_samples", type=Optional[int], default=None, help="use a fixed random subset of N reference images (all classes)")
+    p.add_argument("--ref_samples", type=Optional[int], default=None,
+                   help="use a fixed random subset of N reference images (all classes)")
     p.add_argument("--no_intra_fid", action="store_true", help="skip intra-FID for conditional models")
     p.add_argument("--raw", action="store_true", help="score the raw generator instead of its EMA")
     p.add_argument("--truncation", type=Optional[float], default=None, help="truncation trick threshold")
@@ -124,38 +127,43 @@ def _eval_parser() -> ArgumentParser:
                    help="score at each threshold T given (none given: 0.25 0.5 0.75 1 1.5 2), plus without "
                         "truncation, and plot the IS/FID trade-off; each point costs --n samples (try --n 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed for z and labels")
-    _add_inception_args(p)
+    _inception_args(p)
+    return p
+
+
+def _score_parser() -> ArgumentParser:
+    p = _parser("sagan score", "IS of A, and FID and KID of image set A against reference set B, with the same "
+                "pipeline as sagan eval.")
+    p.add_argument("a", type=str, help="images to score: a folder or zip")
+    p.add_argument("b", type=str, help="reference images: a folder, zip, CIFAR or MNIST source")
+    p.add_argument("--resolution", type=Optional[int], default=None,
+                   help="size both sets are resized and centre-cropped to (default: A's first image)")
+    _inception_args(p)
     return p
 
 
 def _attention_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="sagan attention", description="Draw the attention maps of a trained SAGAN: for query "
-                       "points on generated images, where each self-attention layer of G looks (and D's, on the "
-                       "same images); with --real, D's attention on real images. Writes one PNG per image and a "
-                       "combined figure.", exit_on_error=False, default_env=False)
-    p.add_argument("source", type=str, help="run directory or checkpoint (.pt); an exported .safetensors gives G only")
+    p = _parser("sagan attention", "Draw the attention maps of a trained SAGAN: for query points on generated "
+                "images, where each self-attention layer of G looks (and D's, on the same images); with --real, "
+                "D's attention on real images. Writes one PNG per image and a combined figure.")
+    _source(p, "run directory or checkpoint (.pt); an exported .safetensors gives G only")
     p.add_argument("--n", type=int, default=4, help="number of images")
-    p.add_argument("--seed", type=int, default=0, help="seed for z (and classes), or for picking real images")
-    p.add_argument("--class", type=Optional[int], default=None, dest="class_",
-                   help="class of the generated images (default: classes spread over them)")
+    _noise_args(p, "class of the generated images (default: classes spread over them)")
     p.add_argument("--points", type=str, nargs="+", default=None,
                    help="query points as x,y pixel coordinates, e.g. --points 10,20 40,8 (default: a grid)")
     p.add_argument("--grid", type=int, default=3, help="without --points: a KxK grid of query points")
     p.add_argument("--real", type=Optional[str], default=None,
                    help="images (folder, zip, CIFAR, MNIST) to feed D instead of generating")
-    p.add_argument("--raw", action="store_true", help="the raw generator instead of its EMA")
-    p.add_argument("--out", type=Optional[str], default=None, help="output folder (default: <run>/attention)")
-    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--overwrite", action="store_true", help="replace files in an existing output folder")
+    _generator_args(p, "output folder (default: <run>/attention)")
     return p
 
 
 def _interpolate_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="sagan interpolate", description="Interpolate a trained generator's inputs: z between "
-                       "seeds (slerp or lerp), or, with --classes, the class embedding between classes at a fixed "
-                       "z. Writes a PNG strip (one row per method) and an animated GIF. The endpoints are the "
-                       "images sagan sample --n 1 --seed S --class C gives.", exit_on_error=False, default_env=False)
-    p.add_argument("source", type=str, help="run directory, checkpoint (.pt) or exported .safetensors")
+    p = _parser("sagan interpolate", "Interpolate a trained generator's inputs: z between seeds (slerp or lerp), "
+                "or, with --classes, the class embedding between classes at a fixed z. Writes a PNG strip (one row "
+                "per method) and an animated GIF. The endpoints are the images sagan sample --n 1 --seed S --class C "
+                "gives.")
+    _source(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds to pass through, in order")
     p.add_argument("--steps", type=int, default=8, help="images per segment, endpoints included")
     p.add_argument("--method", type=str, default="both", help="slerp, lerp or both")
@@ -165,18 +173,14 @@ def _interpolate_parser() -> ArgumentParser:
                    help="class interpolation: mix the class embeddings along these classes at z of the first seed")
     p.add_argument("--truncation", type=Optional[float], default=None, help="truncation trick for the seeds' z")
     p.add_argument("--fps", type=float, default=8.0, help="frames per second of the GIF")
-    p.add_argument("--raw", action="store_true", help="the raw generator instead of its EMA (checkpoints only)")
-    p.add_argument("--out", type=Optional[str], default=None, help="output folder (default: <run>/interpolation)")
-    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _generator_args(p, "output folder (default: <run>/interpolation)")
     return p
 
 
 def _report_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="sagan report", description="Write one self-contained HTML page about a run (images "
-                       "embedded, no network needed): loss curves, D(real) and D(fake), every attention gamma over "
-                       "training, speed, FID/IS when logged, a timeline of sample grids, attention maps of the "
-                       "latest checkpoint and the config.", exit_on_error=False, default_env=False)
+    p = _parser("sagan report", "Write one self-contained HTML page about a run (images embedded, no network "
+                "needed): loss curves, D(real) and D(fake), every attention gamma over training, speed, FID/IS when "
+                "logged, a timeline of sample grids, attention maps of the latest checkpoint and the config.")
     p.add_argument("run", type=str, help="run directory")
     p.add_argument("--out", type=Optional[str], default=None, help="output file (default: <run>/report.html)")
     p.add_argument("--grids", type=int, default=8, help="at most this many sample grids in the timeline")
@@ -184,22 +188,6 @@ def _report_parser() -> ArgumentParser:
     p.add_argument("--device", type=str, default="cpu", help="where to run the models for the attention maps")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     return p
-
-
-def _score_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="sagan score", description="IS of A, and FID and KID of image set A against reference "
-                       "set B, with the same pipeline as sagan eval.", exit_on_error=False, default_env=False)
-    p.add_argument("a", type=str, help="images to score: a folder or zip")
-    p.add_argument("b", type=str, help="reference images: a folder, zip, CIFAR or MNIST source")
-    p.add_argument("--resolution", type=Optional[int], default=None,
-                   help="size both sets are resized and centre-cropped to (default: A's first image)")
-    _add_inception_args(p)
-    return p
-
-
-PARSERS = {"train": _train_parser, "sample": _sample_parser, "export": _export_parser,
-           "eval": _eval_parser, "score": _score_parser, "attention": _attention_parser,
-           "interpolate": _interpolate_parser, "report": _report_parser}
 
 
 def _explain(err: Exception) -> str:
@@ -222,14 +210,16 @@ def _explain(err: Exception) -> str:
     return first
 
 
-def _flag_value(argv: list[str], name: str) -> str | None:
-    for i, a in enumerate(argv):
-        if a == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return None
+def _parse(parser: ArgumentParser, argv: list[str]):
+    try:
+        return parser.parse_args(argv)
+    except SystemExit:
+        raise
+    except Exception as e:  # jsonargparse's ArgumentError and friends
+        raise UserError(_explain(e)) from None
 
+
+# ------------------------------------------------------------------------------------- train
 
 # shorthands, expanded in place so that options still apply in the order given
 VALUE_ALIASES = {"--model.ch": ("--model.g_ch", "--model.d_ch"), "--precision": ("--train.precision",)}
@@ -259,6 +249,31 @@ def _expand_aliases(argv: list[str]) -> list[str]:
     return out
 
 
+def _flag_values(argv: list[str], name: str) -> list[str]:
+    out = []
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif a.startswith(name + "="):
+            out.append(a.split("=", 1)[1])
+    return out
+
+
+def _prescan(argv: list[str]) -> tuple[str | None, str | None, bool]:
+    """--preset, --out and --overwrite, from the command line or a --config file, which decide the
+    config that the options apply on (flags on the command line win)."""
+    found: dict = {}
+    for path in _flag_values(argv, "--config"):
+        values = read_yaml(expand(path))
+        if isinstance(values, dict):
+            found.update({k: values[k] for k in ("preset", "out", "overwrite") if k in values})
+    for key in ("preset", "out"):
+        given = _flag_values(argv, f"--{key}")
+        if given:
+            found[key] = given[-1]
+    return found.get("preset"), found.get("out"), bool(found.get("overwrite")) or "--overwrite" in argv
+
+
 def _default_out(preset: str, data: str | None) -> Path:
     if data is None:
         return Path("runs") / preset
@@ -266,50 +281,22 @@ def _default_out(preset: str, data: str | None) -> Path:
     return Path("runs") / f"{preset}-{stem}"
 
 
-def _choose_base(preset: str | None, out: str | None, overwrite: bool) -> tuple[Path, str | None]:
-    """The config that options apply on: the preset if one is named, else an existing run's
-    saved config, else the demo preset. Returns (path, preset name or None)."""
-    if preset is not None:
-        return preset_path(preset), preset
-    if out is not None and (Path(out) / "config.yaml").exists() and not overwrite:
-        return Path(out) / "config.yaml", None
-    return preset_path("demo"), "demo"
-
-
-def _parser_with_base(base: Path) -> ArgumentParser:
-    """The train parser with ``base`` as its defaults, so that --help and --print_config show
-    the values that will really be used."""
-    import yaml
-
-    parser = _train_parser()
-    try:
-        values = yaml.safe_load(Path(base).read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{base} is not valid YAML ({e.__class__.__name__}); fix or delete it") from None
-    config_from_dict(values)  # rejects unknown keys in the base, with a suggestion
-    parser.set_defaults(_flatten(values))
-    return parser
-
-
 def cmd_train(argv: list[str]) -> int:
+    from .training import Trainer
+
     argv = _expand_aliases(argv)
-    wants_help = any(a in ("-h", "--help") for a in argv)
-    base, name = _choose_base(_flag_value(argv, "--preset"), _flag_value(argv, "--out"), "--overwrite" in argv)
-    if not wants_help:
-        # first pass: --preset, --out and --overwrite may also come from a --config file
-        probe = [a for a in argv if not a.startswith("--print_config")]
-        ns = _parse(_parser_with_base(base), probe)
-        base, name = _choose_base(ns.preset, ns.out, ns.overwrite)
-        if name is None:
-            info(f"using the saved config of {ns.out} (pass --preset to start from a preset instead)")
-    ns = _parse(_parser_with_base(base), argv)  # --help and --print_config exit here
+    preset, out, overwrite = _prescan(argv)
+    run = RunDir(out) if out is not None else None
+    saved = run.saved_config() if run is not None and not overwrite and run.path.is_dir() else None
+    base, name = base_config(preset, saved)
+    if name is None and not any(a in ("-h", "--help") for a in argv):
+        info(f"using the saved config of {run} (pass --preset to start from a preset instead)")
+    ns = _parse(_train_parser(base), argv)  # --help and --print_config exit here
     d = ns.as_dict()
     for k in ("preset", "config", "out", "device", "overwrite", "no_progress", "__path__"):
         d.pop(k, None)
     cfg = config_from_dict(d)
-    run_dir = Path(ns.out) if ns.out else _default_out(name or "demo", cfg.data)
-    from .training import Trainer
-
+    run_dir = expand(ns.out) if ns.out else _default_out(name or "demo", cfg.data)
     trainer = Trainer(cfg, run_dir, device=ns.device, overwrite=ns.overwrite, progress=not ns.no_progress)
     trainer.fit()
     if trainer.stopped_by is None and trainer.steps_run:
@@ -317,124 +304,19 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
-def _parse(parser: ArgumentParser, argv: list[str]):
-    try:
-        return parser.parse_args(argv)
-    except SystemExit:
-        raise
-    except Exception as e:  # jsonargparse's ArgumentError and friends
-        raise UserError(_explain(e)) from None
+# ------------------------------------------------------------------------------------- verbs that read a model
 
 
-def cmd_sample(argv: list[str]) -> int:
-    ns = _parse(_sample_parser(), argv)
-    import torch
+def _out_path(ns, src: Path, default: str | Path) -> Path:
+    """--out, or ``default`` inside the run directory (or beside the checkpoint or export)."""
+    from .rundir import run_of
 
-    from .sampling import load_generator, save_grid, to_uint8
-    from .training import resolve_device
-
-    src = Path(ns.source)
-    n = ns.n
-    if n < 1:
-        raise UserError("--n must be at least 1")
-    _check_generator_options(ns, src)
-    G = load_generator(src, device=resolve_device(ns.device), ema=not ns.raw)
-    _check_class(G, ns.class_)
-    y = None
-    if G.num_classes > 0:
-        y = ns.class_ if ns.class_ is not None else (torch.arange(n) * G.num_classes // n).long()
-    imgs = G.sample(n, y=y, seed=ns.seed, truncation=ns.truncation).cpu()
-    tag = f"seed{ns.seed}" + (f"_class{ns.class_}" if ns.class_ is not None else "")
-    if ns.grid:
-        out = _out_path(ns, src, Path("samples") / f"sample_{tag}.png")
-        _refuse_existing(out, ns.overwrite)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_grid(imgs, out, columns=max(1, math.ceil(math.sqrt(n))))
-        info(f"wrote a grid of {n} images to {out}")
-        return 0
-    out = _output_folder(ns, src, Path("generated") / tag)
-    from PIL import Image
-
-    arr = to_uint8(imgs).permute(0, 2, 3, 1).numpy()
-    labels = y if torch.is_tensor(y) else [y] * n
-    for i in range(n):
-        im = arr[i, :, :, 0] if arr.shape[-1] == 1 else arr[i]
-        name = f"{i:06d}" + (f"_class{int(labels[i])}" if G.num_classes > 0 else "") + ".png"
-        Image.fromarray(im).save(out / name)
-    info(f"wrote {n} images to {out}")
-    return 0
+    return expand(ns.out) if ns.out else run_of(src) / default
 
 
-def cmd_export(argv: list[str]) -> int:
-    ns = _parse(_export_parser(), argv)
-    from .sampling import export_generator
-
-    src = Path(ns.source)
-    out = _out_path(ns, src, "generator_ema.safetensors")
-    export_generator(src, out, overwrite=ns.overwrite)
-    info(f"exported the EMA generator to {out}; load it with sagan.load_generator('{out}')")
-    return 0
-
-
-def _report(res: dict, json_path: Path | None, extra_paths: list[Path]) -> None:
-    from .metrics import format_table
-
-    print(format_table(res))
-    text = json.dumps(res, indent=2)
-    print(text)
-    for path in ([json_path] if json_path else []) + extra_paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
-        info(f"wrote {path}")
-
-
-def cmd_eval(argv: list[str]) -> int:
-    ns = _parse(_eval_parser(), argv)
-    from .checkpoints import CheckpointManager
-    from .data import open_dataset
-    from .distributed import init_from_env, is_main
-    from .metrics import InceptionExtractor, evaluate_generator
-    from .sampling import _resolve_checkpoint, generator_from_checkpoint
-    from .training import resolve_device
-
-    if ns.n < 2:
-        raise UserError("--n must be at least 2")
-    device = init_from_env(resolve_device(ns.device))  # under torchrun: one share of the samples per rank
-    ckpt_path, state = _resolve_checkpoint(Path(ns.source).expanduser())  # also refuses exported files
-    extractor = InceptionExtractor(ns.inception_weights, device=device)  # fail early when the weights are missing
-    G = generator_from_checkpoint(state, ema=not ns.raw).to(device)
-    cfg = config_from_dict(state["config"])
-    ref = ns.ref if ns.ref is not None else cfg.data
-    data = open_dataset(ref, cfg.model.resolution, cfg.model.img_channels,
-                        ns.ref_split or (cfg.dataset.split if ns.ref is None else "train"))
-    if ns.truncation_sweep is not None:
-        return _truncation_sweep(ns, G, data, extractor, int(state["step"]), ckpt_path)
-    res = evaluate_generator(G, data, n=ns.n, extractor=extractor, batch_size=ns.batch_size,
-                             seed=ns.seed, intra_fid=not ns.no_intra_fid, truncation=ns.truncation,
-                             ref_limit=ns.ref_samples)
-    res.update(step=int(state["step"]), checkpoint=str(ckpt_path), generator="raw" if ns.raw else "ema")
-    if not is_main():
-        return 0
-    extra = []
-    if ckpt_path.parent.name == "checkpoints" and CheckpointManager(ckpt_path.parent).paths():
-        tag = f"step{res['step']:08d}_{res['generator']}_n{ns.n}" + (f"_trunc{ns.truncation}" if ns.truncation else "")
-        # never overwrite an earlier evaluation (another --ref, say)
-        extra.append(_free_path(_run_dir_of(ckpt_path) / "eval", tag, ".json"))
-    _report(res, Path(ns.json) if ns.json else None, extra)
-    return 0
-
-
-def _run_dir_of(ckpt_path: Path) -> Path:
-    """The run directory of a checkpoint inside one, else the checkpoint's folder."""
-    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-
-
-def _check_generator_options(ns, src: Path) -> None:
-    """--truncation and --raw, as sample and interpolate take them."""
-    if ns.truncation is not None and ns.truncation <= 0:
+def _check_generator_options(ns) -> None:
+    if getattr(ns, "truncation", None) is not None and ns.truncation <= 0:
         raise UserError("--truncation must be positive (typical values: 0.5 to 2)")
-    if ns.raw and src.suffix == ".safetensors":
-        raise UserError("--raw needs a run directory or checkpoint: exported files hold only the EMA generator")
 
 
 def _check_class(G, class_: int | None) -> None:
@@ -446,19 +328,112 @@ def _check_class(G, class_: int | None) -> None:
         raise UserError(f"--class must lie in 0..{G.num_classes - 1}")
 
 
-def _free_path(folder: Path, stem: str, suffix: str) -> Path:
-    """``folder/stem.suffix``, or ``stem_2``, ``stem_3``, ... when taken: results are never overwritten."""
-    path, k = folder / f"{stem}{suffix}", 1
-    while path.exists():
-        k += 1
-        path = folder / f"{stem}_{k}{suffix}"
-    return path
+def _load_for(ns, src: Path):
+    from .distributed import resolve_device
+    from .loading import load_generator
+
+    _check_generator_options(ns)
+    G = load_generator(src, device=resolve_device(ns.device), ema=not getattr(ns, "raw", False))
+    _check_class(G, getattr(ns, "class_", None))
+    return G
+
+
+def cmd_sample(argv: list[str]) -> int:
+    ns = _parse(_sample_parser(), argv)
+    import torch
+
+    from .images import save_grid, write_pngs
+    from .rundir import GENERATED, SAMPLES, output_folder, refuse_existing
+
+    if ns.n < 1:
+        raise UserError("--n must be at least 1")
+    src = expand(ns.source)
+    G = _load_for(ns, src)
+    y = None
+    if G.num_classes > 0:
+        y = ns.class_ if ns.class_ is not None else (torch.arange(ns.n) * G.num_classes // ns.n).long()
+    imgs = G.sample(ns.n, y=y, seed=ns.seed, truncation=ns.truncation).cpu()
+    tag = (f"seed{ns.seed}" + (f"_class{ns.class_}" if ns.class_ is not None else "")
+           + (f"_trunc{ns.truncation:g}" if ns.truncation is not None else ""))
+    if ns.grid:
+        out = _out_path(ns, src, Path(SAMPLES) / f"sample_{tag}.png")
+        refuse_existing(out, ns.overwrite)
+        save_grid(imgs, out, columns=max(1, math.ceil(math.sqrt(ns.n))))
+        info(f"wrote a grid of {ns.n} images to {out}")
+        return 0
+    out = output_folder(_out_path(ns, src, Path(GENERATED) / tag), ns.overwrite)
+    labels = y if torch.is_tensor(y) else [y] * ns.n
+    names = [f"{i:06d}" + (f"_class{int(labels[i])}" if G.num_classes > 0 else "") for i in range(ns.n)]
+    write_pngs(imgs, out, names)
+    info(f"wrote {ns.n} images to {out}")
+    return 0
+
+
+def cmd_export(argv: list[str]) -> int:
+    ns = _parse(_export_parser(), argv)
+    from .export import export_generator
+    from .rundir import EXPORT
+
+    src = expand(ns.source)
+    out = _out_path(ns, src, EXPORT)
+    export_generator(src, out, overwrite=ns.overwrite)
+    info(f"exported the EMA generator to {out}; load it with sagan.load_generator('{out}')")
+    return 0
+
+
+def _print_results(res: dict, json_paths: list[Path]) -> None:
+    """The metrics as a table and as JSON on stdout, and the JSON into each of ``json_paths``."""
+    import json
+
+    from .metrics import format_table
+    from .rundir import write_json
+
+    print(format_table(res))
+    print(json.dumps(res, indent=2))
+    for path in write_json(res, *json_paths):
+        info(f"wrote {path}")
+
+
+def cmd_eval(argv: list[str]) -> int:
+    ns = _parse(_eval_parser(), argv)
+    from .data import open_dataset
+    from .distributed import is_main, setup
+    from .loading import generator_from_checkpoint
+    from .metrics import InceptionExtractor, evaluate_generator
+    from .rundir import free_path, resolve_checkpoint, run_of
+
+    if ns.n < 2:
+        raise UserError("--n must be at least 2")
+    device = setup(ns.device)  # under torchrun: one share of the samples per rank
+    ckpt_path, state = resolve_checkpoint(ns.source)  # also refuses exported files
+    extractor = InceptionExtractor(ns.inception_weights, device=device)  # fail early when the weights are missing
+    G = generator_from_checkpoint(state, ema=not ns.raw).to(device)
+    cfg = config_from_dict(state["config"], str(ckpt_path))
+    ref = ns.ref if ns.ref is not None else cfg.data
+    data = open_dataset(ref, cfg.model.resolution, cfg.model.img_channels,
+                        ns.ref_split or (cfg.dataset.split if ns.ref is None else "train"))
+    if ns.truncation_sweep is not None:
+        return _truncation_sweep(ns, G, data, extractor, int(state["step"]), ckpt_path)
+    res = evaluate_generator(G, data, n=ns.n, extractor=extractor, batch_size=ns.batch_size,
+                             seed=ns.seed, intra_fid=not ns.no_intra_fid, truncation=ns.truncation,
+                             ref_limit=ns.ref_samples)
+    res.update(step=int(state["step"]), checkpoint=str(ckpt_path), generator="raw" if ns.raw else "ema")
+    if not is_main():
+        return 0
+    paths = [expand(ns.json)] if ns.json else []
+    if RunDir(run_of(ckpt_path)).has_checkpoints():  # never overwrite an earlier evaluation (another --ref, say)
+        tag = f"step{res['step']:08d}_{res['generator']}_n{ns.n}" + (f"_trunc{ns.truncation}" if ns.truncation else "")
+        paths.append(free_path(RunDir(run_of(ckpt_path)).eval, tag, ".json"))
+    _print_results(res, paths)
+    return 0
 
 
 def _truncation_sweep(ns, G, data, extractor, step: int, ckpt_path: Path) -> int:
     """IS and FID at each truncation threshold, and without: a JSON file and the trade-off plot."""
     from .distributed import is_main
     from .metrics import evaluate_generator
+    from .plots import save_figure, truncation_plot
+    from .rundir import free_path, run_of, write_json
 
     values = sorted(set(ns.truncation_sweep)) or [0.25, 0.5, 0.75, 1.0, 1.5, 2.0]
     if min(values) <= 0:
@@ -471,43 +446,33 @@ def _truncation_sweep(ns, G, data, extractor, step: int, ckpt_path: Path) -> int
         info(f"truncation {t if t is not None else 'none'}: FID {res['fid']:.2f}, IS {res['is']:.2f}")
     if not is_main():
         return 0
-    from .plots import save_figure, truncation_plot
-
     fig = truncation_plot(points, f"Truncation trade-off, step {step:,}, {ns.n:,} samples per point")
-    run_dir = _run_dir_of(ckpt_path)
     stem = f"truncation_sweep_step{step:08d}_{'raw' if ns.raw else 'ema'}_n{ns.n}"
-    png = save_figure(fig, _free_path(run_dir / "eval", stem, ".png"))
+    png = save_figure(fig, free_path(RunDir(run_of(ckpt_path)).eval, stem, ".png"))
     result = {"step": step, "checkpoint": str(ckpt_path), "n": ns.n, "reference": str(data.source), "points": points}
-    text = json.dumps(result, indent=2)
-    paths = [png.with_suffix(".json")] + ([Path(ns.json)] if ns.json else [])
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
+    paths = write_json(result, png.with_suffix(".json"), *([expand(ns.json)] if ns.json else []))
     print("\n".join(f"T={p['truncation'] if p['truncation'] is not None else 'none':>5}  FID {p['fid']:8.3f}  "
                     f"IS {p['is']:7.3f}" for p in points))
     info(f"wrote {png} and {paths[0]}")
     return 0
 
 
-def _out_path(ns, src: Path, default: str | Path) -> Path:
-    """--out, or ``default`` inside the run directory (or beside the checkpoint or export)."""
-    return Path(ns.out) if ns.out else (src if src.is_dir() else src.parent) / default
+def cmd_score(argv: list[str]) -> int:
+    ns = _parse(_score_parser(), argv)
+    from .data import open_dataset, peek_resolution
+    from .distributed import is_main, setup
+    from .metrics import InceptionExtractor, evaluate_folders
 
-
-def _refuse_existing(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise UserError(f"{path} already exists; pass --overwrite or choose another --out")
-
-
-def _output_folder(ns, src: Path, default: str | Path) -> Path:
-    """:func:`_out_path`, created; refused when it already holds files, unless --overwrite."""
-    out = _out_path(ns, src, default)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file; choose a folder for --out")
-    if out.exists() and any(out.iterdir()) and not ns.overwrite:
-        raise UserError(f"{out} already holds files; pass --overwrite or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    device = setup(ns.device)
+    extractor = InceptionExtractor(ns.inception_weights, device=device)  # before decoding any data
+    res_px = ns.resolution or peek_resolution(ns.a)
+    a = open_dataset(ns.a, res_px, 3)
+    b = open_dataset(ns.b, res_px, 3)
+    res = evaluate_folders(a, b, extractor, batch_size=ns.batch_size)
+    res["scored"] = str(ns.a)
+    if is_main():
+        _print_results(res, [expand(ns.json)] if ns.json else [])
+    return 0
 
 
 def _parse_points(points: list[str] | None, grid: int, size: int) -> list[tuple[int, int]]:
@@ -529,109 +494,110 @@ def _parse_points(points: list[str] | None, grid: int, size: int) -> list[tuple[
     return out
 
 
+def _real_attention(ns, G, D, points):
+    """D's attention maps on ``--n`` real images drawn from ``--real``."""
+    import torch
+
+    from .attention_maps import attention_maps
+    from .data import open_dataset
+    from .images import to_model_range
+
+    size, device = G.resolution, next(G.parameters()).device
+    data = open_dataset(ns.real, size, G.img_channels, cache="none", workers=0, progress=False)  # n images only
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(ns.seed))[: ns.n]
+    images = to_model_range(torch.stack([data[int(i)][0] for i in idx])).to(device)
+    y = data.labels[idx].to(device) if G.num_classes and data.num_classes == G.num_classes else None
+    if G.num_classes and y is None:
+        raise UserError(f"the model has {G.num_classes} classes but {ns.real} has {data.num_classes}; "
+                        "pass images in the training data's class layout")
+    layers = attention_maps(D, lambda: D(images, y), points, size, "D") if D is not None else []
+    return images, y, layers, f"{len(idx)} real images from {ns.real}"
+
+
 def cmd_attention(argv: list[str]) -> int:
     ns = _parse(_attention_parser(), argv)
     import torch
 
-    from .attention_maps import attention_maps, draw_combined, draw_image, generated_attention
-    from .sampling import _resolve_checkpoint, discriminator_from_checkpoint, generator_from_checkpoint, load_generator
-    from .training import resolve_device
+    from .attention_maps import draw_combined, draw_image, generated_attention
+    from .distributed import resolve_device
+    from .loading import load_networks
+    from .rundir import ATTENTION, output_folder
 
-    src = Path(ns.source).expanduser()
-    if not src.exists():
-        raise UserError(f"{src} does not exist; pass a run directory or a checkpoint")
+    src = expand(ns.source)
     if not 1 <= ns.n <= 256:
         raise UserError("--n must lie in 1..256 (each image gets its own figure)")
-    device = resolve_device(ns.device)
-    D = None
-    if src.suffix == ".safetensors":
-        if ns.real or ns.raw:
-            raise UserError("--real and --raw need a run directory or checkpoint: exported files hold only the EMA G")
-        G = load_generator(src, device)
-    else:
-        _, state = _resolve_checkpoint(src)
-        G = generator_from_checkpoint(state, ema=not ns.raw).to(device).eval()
-        D = discriminator_from_checkpoint(state).to(device).eval()
-    size = G.resolution
-    points = _parse_points(ns.points, ns.grid, size)
+    if src.suffix == ".safetensors" and (ns.real or ns.raw):
+        raise UserError("--real and --raw need a run directory or checkpoint: exported files hold only the EMA G")
+    _check_generator_options(ns)
+    G, D, _ = load_networks(src, resolve_device(ns.device), ema=not ns.raw)
+    points = _parse_points(ns.points, ns.grid, G.resolution)
     _check_class(G, ns.class_)
     if ns.real:
-        from .data import open_dataset, to_model_range
-
-        data = open_dataset(ns.real, size, G.img_channels, cache="none", workers=0, progress=False)  # n images only
-        g = torch.Generator().manual_seed(ns.seed)
-        idx = torch.randperm(len(data), generator=g)[: ns.n]
-        images = to_model_range(torch.stack([data[int(i)][0] for i in idx])).to(device)
-        y = data.labels[idx].to(device) if G.num_classes and data.num_classes == G.num_classes else None
-        if G.num_classes and y is None:
-            raise UserError(f"the model has {G.num_classes} classes but {ns.real} has {data.num_classes}; "
-                            "pass images in the training data's class layout")
-        layers = attention_maps(D, lambda: D(images, y), points, size, "D") if D is not None else []
-        what = f"real images from {ns.real}"
+        images, y, layers, what = _real_attention(ns, G, D, points)
     else:
         y = None
         if G.num_classes:
             y = torch.full((ns.n,), ns.class_) if ns.class_ is not None else torch.arange(ns.n) % G.num_classes
         images, layers = generated_attention(G, D, ns.n, y, ns.seed, points)
-        what = f"generated images (seed {ns.seed})"
+        what = f"{ns.n} generated images (seed {ns.seed})"
     if not layers:
         raise UserError("this model has no self-attention layers (model.g_attn and model.d_attn are empty)"
                         + ("; D has none either, which --real needs" if ns.real else ""))
-    out = _output_folder(ns, src, "attention")
+    out = output_folder(_out_path(ns, src, ATTENTION), ns.overwrite)
     images = images.cpu()
     for b in range(images.shape[0]):
         cls = f", class {int(y[b])}" if y is not None else ""
         draw_image(images[b], points, layers, b, out / f"image_{b:03d}.png", title=f"image {b}{cls}")
     combined = draw_combined(images, points, layers, out / "attention_maps.png")
     info(f"attention of {len(layers)} layer{'s' if len(layers) > 1 else ''} "
-         f"({', '.join(lm.label for lm in layers)}) at {len(points)} query points on {ns.n} {what}: "
+         f"({', '.join(lm.label for lm in layers)}) at {len(points)} query points on {what}: "
          f"{out}/image_*.png and {combined}")
     return 0
+
+
+def _interpolation_rows(ns, G) -> tuple[dict, str]:
+    """The rows to draw ({method: images}) and the output name's tag."""
+    import torch
+
+    from .interpolation import class_path, interpolate, latent_path, seed_latent
+
+    K = G.num_classes
+    if ns.classes:
+        if not K:
+            raise UserError("--classes needs a class-conditional model; this generator is unconditional")
+        if len(ns.classes) < 2 or any(not 0 <= c < K for c in ns.classes):
+            raise UserError(f"--classes takes two or more classes in 0..{K - 1}")
+        weights = class_path(K, ns.classes, ns.steps)
+        z = seed_latent(G.z_dim, ns.seeds[0], ns.truncation).expand(weights.shape[0], -1)
+        return {"class": interpolate(G, z, weights)}, f"classes{'-'.join(map(str, ns.classes))}_seed{ns.seeds[0]}"
+    if len(ns.seeds) < 2:
+        raise UserError("--seeds takes two or more seeds")
+    methods = {"both": ["slerp", "lerp"], "slerp": ["slerp"], "lerp": ["lerp"]}[ns.method]
+    y = torch.tensor([ns.class_ or 0]) if K else None
+    rows = {m: interpolate(G, latent_path(G.z_dim, ns.seeds, ns.steps, m, ns.truncation), y) for m in methods}
+    return rows, f"seeds{'-'.join(map(str, ns.seeds))}" + (f"_class{ns.class_ or 0}" if K else "")
 
 
 def cmd_interpolate(argv: list[str]) -> int:
     ns = _parse(_interpolate_parser(), argv)
     import torch
 
-    from .interpolation import class_path, interpolate, latent_path, seed_latent
-    from .sampling import load_generator, save_grid
-    from .training import resolve_device
+    from .images import save_grid
+    from .rundir import INTERPOLATION, refuse_existing
 
-    src = Path(ns.source).expanduser()
-    methods = {"both": ["slerp", "lerp"], "slerp": ["slerp"], "lerp": ["lerp"]}.get(ns.method)
-    if methods is None:
+    if ns.method not in ("both", "slerp", "lerp"):
         raise UserError(f"--method must be slerp, lerp or both, not {ns.method!r}")
     if ns.steps < 2:
         raise UserError("--steps must be at least 2 (the two endpoints)")
     if ns.fps <= 0:
         raise UserError("--fps must be positive")
-    _check_generator_options(ns, src)
-    G = load_generator(src, device=resolve_device(ns.device), ema=not ns.raw)
-    K = G.num_classes
-    rows: dict[str, torch.Tensor] = {}
-    if ns.classes:
-        if not K:
-            raise UserError("--classes needs a class-conditional model; this generator is unconditional")
-        bad = [c for c in ns.classes if not 0 <= c < K]
-        if bad or len(ns.classes) < 2:
-            raise UserError(f"--classes takes two or more classes in 0..{K - 1}")
-        weights = class_path(K, ns.classes, ns.steps)
-        z = seed_latent(G.z_dim, ns.seeds[0], ns.truncation).expand(weights.shape[0], -1)
-        rows["class"] = interpolate(G, z, weights)
-        tag = f"classes{'-'.join(map(str, ns.classes))}_seed{ns.seeds[0]}"
-    else:
-        if len(ns.seeds) < 2:
-            raise UserError("--seeds takes two or more seeds")
-        _check_class(G, ns.class_)
-        y = torch.tensor([ns.class_ or 0]) if K else None
-        for m in methods:
-            rows[m] = interpolate(G, latent_path(G.z_dim, ns.seeds, ns.steps, m, ns.truncation), y)
-        tag = f"seeds{'-'.join(map(str, ns.seeds))}" + (f"_class{ns.class_ or 0}" if K else "")
-    out = _out_path(ns, src, "interpolation")
+    src = expand(ns.source)
+    G = _load_for(ns, src)
+    rows, tag = _interpolation_rows(ns, G)
+    out = _out_path(ns, src, INTERPOLATION)
     strip, gif = out / f"{tag}.png", out / f"{tag}.gif"
     for path in (strip, gif):
-        _refuse_existing(path, ns.overwrite)
-    out.mkdir(parents=True, exist_ok=True)
+        refuse_existing(path, ns.overwrite)
     length = next(iter(rows.values())).shape[0]
     save_grid(torch.cat(list(rows.values())), strip, columns=length)
     _write_gif(rows, gif, ns.fps)
@@ -645,19 +611,21 @@ def _write_gif(rows: dict, path: Path, fps: float) -> None:
     import torch
     from PIL import Image
 
-    from .sampling import to_uint8
+    from .images import to_uint8
+    from .rundir import atomic_write
 
     frames_t = torch.cat([to_uint8(r).cpu() for r in rows.values()], dim=3)  # (T, C, H, W * rows)
     frames = [Image.fromarray(f[0].numpy() if f.shape[0] == 1 else f.permute(1, 2, 0).numpy()) for f in frames_t]
     frames = [f.resize((f.width * 2, f.height * 2), Image.NEAREST) if f.height < 128 else f for f in frames]
     loop = frames + frames[-2:0:-1]
-    loop[0].save(path, save_all=True, append_images=loop[1:], duration=int(1000 / fps), loop=0)
+    atomic_write(path, lambda f: loop[0].save(f, format="GIF", save_all=True, append_images=loop[1:],
+                                               duration=int(1000 / fps), loop=0))
 
 
 def cmd_report(argv: list[str]) -> int:
     ns = _parse(_report_parser(), argv)
+    from .distributed import resolve_device
     from .report import build_report
-    from .training import resolve_device
 
     if ns.grids < 1:
         raise UserError("--grids must be at least 1")
@@ -666,28 +634,21 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
-def cmd_score(argv: list[str]) -> int:
-    ns = _parse(_score_parser(), argv)
-    from .data import open_dataset, peek_resolution
-    from .distributed import init_from_env, is_main
-    from .metrics import InceptionExtractor, evaluate_folders
-    from .training import resolve_device
-
-    device = init_from_env(resolve_device(ns.device))
-    res_px = ns.resolution or peek_resolution(ns.a)
-    a = open_dataset(ns.a, res_px, 3)
-    b = open_dataset(ns.b, res_px, 3)
-    res = evaluate_folders(a, b, InceptionExtractor(ns.inception_weights, device=device), batch_size=ns.batch_size)
-    res["scored"] = str(ns.a)
-    if not is_main():
-        return 0
-    _report(res, Path(ns.json) if ns.json else None, [])
-    return 0
+COMMANDS = {
+    "train": (cmd_train, "train a SAGAN (default: the demo preset on bundled MNIST); rerun to resume"),
+    "sample": (cmd_sample, "write images or a grid from a run directory, checkpoint or exported file"),
+    "export": (cmd_export, "write a run's EMA generator as safetensors, spectral norm baked in"),
+    "eval": (cmd_eval, "IS, FID, KID and intra-FID of a run's EMA generator (TF-Inception, as published numbers)"),
+    "score": (cmd_score, "IS, FID and KID of a folder or zip of images against another (e.g. samples from other tools)"),
+    "attention": (cmd_attention, "draw where each attention layer looks, for query points on generated (or real) images"),
+    "interpolate": (cmd_interpolate, "latent (slerp/lerp) and class interpolation as a PNG strip and an animated GIF"),
+    "report": (cmd_report, "one self-contained HTML page: losses, D outputs, attention gammas, FID/IS, samples, maps"),
+}
 
 
 def _usage() -> str:
     lines = ["usage: sagan COMMAND [options]   (sagan COMMAND --help for its options)", "", "commands:"]
-    lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
+    lines += [f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "Start with: sagan train   (trains the demo preset on bundled MNIST and writes sample grids)"]
     return "\n".join(lines)
 
@@ -698,17 +659,15 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     cmd, rest = argv[0], argv[1:]
-    handlers = {"train": cmd_train, "sample": cmd_sample, "export": cmd_export, "eval": cmd_eval, "score": cmd_score,
-                "attention": cmd_attention, "interpolate": cmd_interpolate, "report": cmd_report}
-    if cmd not in handlers:
+    if cmd not in COMMANDS:
         import difflib
 
-        close = difflib.get_close_matches(cmd, list(handlers), n=1)
+        close = difflib.get_close_matches(cmd, list(COMMANDS), n=1)
         print(f"error: unknown command {cmd!r}" + (f" (did you mean '{close[0]}'?)" if close else "")
-              + f"; commands: {', '.join(handlers)}", file=sys.stderr)
+              + f"; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
-        return handlers[cmd](rest)
+        return COMMANDS[cmd][0](rest)
     except UserError as e:
         rank = os.environ.get("RANK", "0")  # under torchrun, say which process it was
         print(f"error: {e}" if rank == "0" else f"error (rank {rank}): {e}", file=sys.stderr)
@@ -720,7 +679,3 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed import cleanup
 
         cleanup()  # leave a torchrun process group cleanly
-
-
-if __name__ == "__main__":
-    sys.exit(main())

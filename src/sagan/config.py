@@ -1,14 +1,18 @@
-"""Typed run configuration, presets and config files.
+"""Typed run configuration, and its resolution, in this order and in this module only:
 
-A run is fully described by :class:`RunConfig`. The CLI fills it from a preset YAML, an optional
-``--config`` file and dotted overrides; the resolved config is saved as ``config.yaml`` in the
-run directory, so later commands need only the run directory.
+1. defaults (the dataclasses below), 2. a preset or the saved config of the run being resumed
+(:func:`base_config`), 3. a ``--config`` file, 4. dotted overrides (the CLI parses 3 and 4 onto
+the base), 5. :func:`validate`, 6. :func:`complete` from the data (classes, channels, workers,
+the absolute data path), 7. :func:`check_same_run` against the run's saved config. The trainer
+receives the finished config, and the run directory keeps it as ``config.yaml``, so later
+commands need only the run directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,6 +32,12 @@ __all__ = [
     "load_preset",
     "config_to_dict",
     "config_from_dict",
+    "load_config",
+    "base_config",
+    "validate",
+    "complete",
+    "check_same_run",
+    "flatten",
     "ConfigError",
 ]
 
@@ -68,6 +78,9 @@ class ModelConfig:
     """Spectral-normalise G's class embeddings too (BigGAN leaves them without SN)."""
     bn_eps: float = 1e-5
     """Epsilon of G's batch norm."""
+    bn_momentum: float = 0.1
+    """Momentum of G's batch-norm running statistics (PyTorch's convention: new = (1 - m) * old
+    + m * batch). The official TF code decays them by 0.999, i.e. momentum 0.001."""
     init: Literal["ortho", "xavier", "normal", "default"] = "ortho"
     """Weight initialisation."""
 
@@ -129,7 +142,7 @@ class TrainConfig:
     """Under torchrun on GPUs: batch norm in G normalises over the global batch (SyncBatchNorm)
     rather than each process's share."""
     seed: int = 0
-    """Random seed (weights, data order, noise)."""
+    """Random seed (weights, data order, noise); 0 to 2**63 - 1."""
     log_every: int = 50
     """Write losses to metrics.jsonl and TensorBoard every N steps."""
     sample_every: int = 500
@@ -184,10 +197,12 @@ RESUMABLE_KEYS = {
     "train.eval_batch_size",
     "train.eval_reference",
     "train.inception_weights",
+    "train.ema_bn_batches",
     "train.precision",
     "train.compile",
     "train.sync_bn",
 }
+SECTIONS = {"model": ModelConfig, "dataset": DatasetConfig, "train": TrainConfig}
 
 
 def preset_path(name: str) -> Path:
@@ -201,9 +216,8 @@ def preset_path(name: str) -> Path:
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
-    for sec in ("train",):
-        for k in ("betas_g", "betas_d"):
-            d[sec][k] = list(d[sec][k])
+    for k in ("betas_g", "betas_d"):
+        d["train"][k] = list(d["train"][k])
     return d
 
 
@@ -232,48 +246,198 @@ def suggest_key(key: str) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"g_ch": 8}}`` as ``{"model.g_ch": 8}``."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[prefix + k] = v
     return out
 
 
-def config_from_dict(d: dict[str, Any]) -> RunConfig:
-    """Build a :class:`RunConfig` from a plain dict, rejecting unknown keys with a suggestion."""
-    unknown = [k for k in _flatten(d) if k not in VALID_KEYS]
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a value read from YAML fits a field's annotation (ints pass for floats)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin is typing.Union:
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is Literal:
+        return value in args
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and len(args) == 2 and args[1] is not Ellipsis:
+            return len(value) == len(args) and all(_type_ok(v, a) for v, a in zip(value, args))
+        return all(_type_ok(v, args[0]) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (list, tuple):
+        return f"a list of {_describe(args[0])}"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def _build(cls, values: dict, where: str, prefix: str):
+    hints = typing.get_type_hints(cls)
+    for k, v in values.items():
+        if not _type_ok(v, hints[k]):
+            raise ConfigError(f"{where}: {prefix}{k} must be {_describe(hints[k])}, not {v!r}")
+        if isinstance(v, list) and typing.get_origin(hints[k]) is tuple:
+            values[k] = tuple(v)
+    return cls(**values)
+
+
+def config_from_dict(d: Any, where: str = "config") -> RunConfig:
+    """Build a :class:`RunConfig` from a plain dict, rejecting unknown keys (with a suggestion),
+    sections that are not mappings and values of the wrong type, naming ``where`` they came from."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping of config keys (model:, train:, ...), not {type(d).__name__}")
+    for name in SECTIONS:
+        if d.get(name) is not None and not isinstance(d[name], dict):
+            raise ConfigError(f"{where}: '{name}' must be a mapping of keys such as {name}.{VALID_KEYS_OF[name]}, "
+                              f"not {type(d[name]).__name__}")
+    unknown = [k for k in flatten(d) if k not in VALID_KEYS]
     if unknown:
-        raise ConfigError(f"unknown config key '{unknown[0]}'{suggest_key(unknown[0])}")
-    sections = {"model": ModelConfig, "dataset": DatasetConfig, "train": TrainConfig}
-    kw = {k: v for k, v in d.items() if k not in sections}
-    for name, cls in sections.items():
-        sub = dict(d.get(name) or {})
-        for k in ("betas_g", "betas_d"):
-            if k in sub:
-                sub[k] = tuple(sub[k])
-        kw[name] = cls(**sub)
-    return RunConfig(**kw)
+        raise ConfigError(f"{where}: unknown config key '{unknown[0]}'{suggest_key(unknown[0])}")
+    kw = {k: v for k, v in d.items() if k not in SECTIONS}
+    for name, cls in SECTIONS.items():
+        kw[name] = _build(cls, dict(d.get(name) or {}), where, f"{name}.")
+    return _build(RunConfig, kw, where, "")
+
+
+VALID_KEYS_OF = {name: dataclasses.fields(cls)[0].name for name, cls in SECTIONS.items()}
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({e.__class__.__name__}{_line(e)}); fix it") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} cannot be read ({getattr(e, 'strerror', None) or e})") from None
+
+
+def _line(e: Exception) -> str:
+    mark = getattr(e, "problem_mark", None)
+    return f" at line {mark.line + 1}" if mark is not None else ""
 
 
 def load_preset(name: str) -> RunConfig:
     """The bundled preset ``name`` as a :class:`RunConfig`."""
-    with open(preset_path(name)) as f:
-        return config_from_dict(yaml.safe_load(f) or {})
+    return config_from_dict(read_yaml(preset_path(name)), f"preset {name}")
 
 
-def save_config(cfg: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+def load_config(path: str | Path) -> RunConfig:
+    """A config YAML file (a run's ``config.yaml`` or a user's), checked key by key."""
+    path = Path(path)
+    return config_from_dict(read_yaml(path), str(path))
 
 
-def load_config(path: Path) -> RunConfig:
-    with open(path) as f:
-        return config_from_dict(yaml.safe_load(f) or {})
+def base_config(preset: str | None, saved: RunConfig | None) -> tuple[RunConfig, str | None]:
+    """What options apply on: the preset if one is named, else the saved config of the run
+    being resumed, else the demo preset. Returns (config, preset name or None)."""
+    if preset is not None:
+        return load_preset(preset), preset
+    if saved is not None:
+        return saved, None
+    return load_preset("demo"), "demo"
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every value before any work is done; raises ConfigError naming the bad value."""
+    from .models import check_attention, stage_channels
+
+    m, t = cfg.model, cfg.train
+    try:
+        check_attention(m.resolution, m.g_attn, "G")
+        check_attention(m.resolution, m.d_attn, "D")
+    except ValueError as e:
+        raise ConfigError(f"{e} (model.resolution / model.g_attn / model.d_attn)") from None
+    checks = [
+        (m.img_channels in (None, 1, 3), "model.img_channels must be 1, 3 or null"),
+        (m.num_classes is None or m.num_classes >= 0, "model.num_classes must be >= 0 or null"),
+        (m.g_ch >= 1 and m.d_ch >= 1 and m.z_dim >= 1, "model.g_ch, model.d_ch and model.z_dim must be positive"),
+        (m.shared_dim >= 0, "model.shared_dim must be >= 0 (0: per-class gains)"),
+        (m.sn_eps > 0 and m.bn_eps > 0, "model.sn_eps and model.bn_eps must be positive"),
+        (0 < m.bn_momentum <= 1, "model.bn_momentum must lie in (0, 1]"),
+        (cfg.steps >= 0, "steps must be >= 0"),
+        (t.batch_size >= 1 and t.n_dis >= 1, "train.batch_size and train.n_dis must be >= 1"),
+        (t.lr_g > 0 and t.lr_d > 0, "learning rates must be positive"),
+        (all(0.0 <= b < 1.0 for b in (*t.betas_g, *t.betas_d)), "Adam betas must lie in [0, 1)"),
+        (t.adam_eps > 0, "train.adam_eps must be positive"),
+        (0.0 <= t.ema_decay < 1.0, "train.ema_decay must lie in [0, 1)"),
+        (t.ema_start >= 0 and t.ema_bn_batches >= 0, "train.ema_start and train.ema_bn_batches must be >= 0"),
+        (0 <= t.seed < 2**63, "train.seed must lie in 0 .. 2**63 - 1"),
+        (min(t.log_every, t.sample_every, t.ckpt_every, t.keep_ckpts) >= 1,
+         "train.log_every, sample_every, ckpt_every and keep_ckpts must be >= 1"),
+        (t.grid_columns >= 1 and t.grid_max_rows >= 1, "train.grid_columns and train.grid_max_rows must be >= 1"),
+        (t.eval_every >= 0, "train.eval_every must be >= 0 (0 turns evaluation off)"),
+        (t.eval_every == 0 or (t.eval_samples >= 2 and t.eval_batch_size >= 1),
+         "train.eval_samples must be >= 2 and train.eval_batch_size >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    for net, attn, ch in (("g", m.g_attn, m.g_ch), ("d", m.d_attn, m.d_ch)):
+        for res in attn:
+            c = stage_channels(m.resolution, res, ch, net.upper())
+            if c % 8:
+                raise ConfigError(f"attention at {res}x{res} in {net.upper()} needs channels divisible by 8, "
+                                  f"but model.{net}_ch {ch} gives {c}; raise model.{net}_ch")
+    return cfg
+
+
+def copy_config(cfg: RunConfig) -> RunConfig:
+    """A deep copy, so that completing a config never changes the caller's."""
+    return config_from_dict(config_to_dict(cfg))
+
+
+def complete(cfg: RunConfig, data, workers: int) -> RunConfig:
+    """A copy of ``cfg`` with what the data decide filled in: the number of classes and
+    channels, the absolute data path and the number of loader workers."""
+    from .data import resolve_data_path
+
+    cfg = copy_config(cfg)
+    m = cfg.model
+    if m.num_classes is None:
+        m.num_classes = data.num_classes
+    elif m.num_classes > 0 and m.num_classes != data.num_classes:
+        raise ConfigError(
+            f"model.num_classes is {m.num_classes} but the data has {data.num_classes} classes; "
+            "leave model.num_classes unset to take it from the data, or 0 for an unconditional model")
+    if m.img_channels is None:
+        m.img_channels = data.channels
+    if cfg.data is not None:
+        cfg.data = str(resolve_data_path(cfg.data))
+    cfg.dataset.workers = workers
+    return cfg
 
 
 def config_diff(a: RunConfig, b: RunConfig, ignore=RESUMABLE_KEYS) -> list[str]:
     """Dotted keys whose values differ between ``a`` and ``b`` (``ignore`` left out)."""
-    fa, fb = _flatten(config_to_dict(a)), _flatten(config_to_dict(b))
+    fa, fb = flatten(config_to_dict(a)), flatten(config_to_dict(b))
     return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in fa if k not in ignore and fa.get(k) != fb.get(k)]
+
+
+def check_same_run(saved: RunConfig | None, cfg: RunConfig, where: str) -> None:
+    """Refuse to continue a run with a config that makes it a different run."""
+    diff = config_diff(saved, cfg) if saved is not None else []
+    if diff:
+        shown = "; ".join(diff[:5]) + ("; ..." if len(diff) > 5 else "")
+        raise ConfigError(f"{where} holds a different run ({shown}); use another --out, or --overwrite to "
+                          "start over there (this deletes its checkpoints)")

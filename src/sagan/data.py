@@ -36,22 +36,22 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .console import UserError, info, warn
+from .images import to_model_range
 
-__all__ = ["ImageData", "open_dataset", "BatchStream", "demo_data_path", "to_model_range", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageData", "open_dataset", "BatchStream", "demo_data_path", "resolve_data_path", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images in [0, 255] as float in [-1, 1], the models' range (the inverse of
-    :func:`sagan.sampling.to_uint8`)."""
-    return images.float().div_(127.5).sub_(1.0)
-
-
 def demo_data_path() -> Path:
     """Folder of the bundled MNIST test set (the original t10k IDX files)."""
     return Path(str(resources.files("sagan") / "demo"))
+
+
+def resolve_data_path(path: str | os.PathLike | None) -> Path:
+    """The absolute path of ``--data`` (``~`` expanded); None is the bundled demo data."""
+    return demo_data_path() if path is None else Path(os.path.expanduser(str(path))).resolve()
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def _decode_file(files: _Files, name: str, resolution: int, channels: int,
 
 
 def _decode(buf: io.BytesIO, resolution: int, channels: int, sizes: list[int] | None = None) -> torch.Tensor | None:
-    """Decode, convert and resize-crop one image; its shorter side is appended to ``sizes``."""
+    """Decode one image file and prepare it; its shorter side is appended to ``sizes``."""
     try:
         with Image.open(buf) as im:
             im.load()
@@ -213,13 +213,15 @@ def _decode(buf: io.BytesIO, resolution: int, channels: int, sizes: list[int] | 
                 a = np.asarray(im).astype(np.float64)
                 full = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
                 im = Image.fromarray(np.round(a * 255.0 / full).clip(0, 255).astype(np.uint8))
-            im = im.convert("L" if channels == 1 else "RGB")
+            return prepare(im, resolution, channels)
     except Exception:
         return None
-    return _resize_crop_pil(im, resolution)
 
 
-def _resize_crop_pil(im: Image.Image, res: int) -> torch.Tensor:
+def prepare(im: Image.Image, res: int, channels: int) -> torch.Tensor:
+    """The one preparation of every image, whatever its container: convert to grayscale or RGB,
+    resize the shorter side to ``res`` (bicubic up, Lanczos down) and centre-crop; uint8 (C, res, res)."""
+    im = im.convert("L" if channels == 1 else "RGB")
     w, h = im.size
     if (w, h) != (res, res):
         s = res / min(w, h)
@@ -233,18 +235,13 @@ def _resize_crop_pil(im: Image.Image, res: int) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-def _resize_array(x: torch.Tensor, res: int) -> torch.Tensor:
-    """Resize-and-centre-crop a uint8 (N, C, H, W) tensor in batches."""
-    n, c, h, w = x.shape
-    if (h, w) == (res, res):
-        return x
-    s = res / min(h, w)
-    nh, nw = max(res, round(h * s)), max(res, round(w * s))
-    out = torch.empty(n, c, res, res, dtype=torch.uint8)
-    for i in range(0, n, 1024):
-        y = F.interpolate(x[i : i + 1024].float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-        t, l = (nh - res) // 2, (nw - res) // 2
-        out[i : i + 1024] = y[:, :, t : t + res, l : l + res].round().clamp(0, 255).to(torch.uint8)
+def _prepare_array(x: torch.Tensor, res: int, channels: int) -> torch.Tensor:
+    """:func:`prepare` for every image of a uint8 (N, C, H, W) array (CIFAR, MNIST)."""
+    if x.shape[-1] == res and x.shape[-2] == res and x.shape[1] == channels:
+        return x.contiguous()
+    out = torch.empty(len(x), channels, res, res, dtype=torch.uint8)
+    for i, a in enumerate(x.permute(0, 2, 3, 1).numpy()):
+        out[i] = prepare(Image.fromarray(a[:, :, 0] if a.shape[-1] == 1 else a), res, channels)
     return out
 
 
@@ -448,7 +445,7 @@ def open_dataset(
     ``channels`` None picks 1 for grayscale data and 3 otherwise; mixed data is converted.
     Prints what was found; unreadable images are skipped with one counted warning.
     """
-    root = demo_data_path() if path is None else Path(path).expanduser()
+    root = demo_data_path() if path is None else Path(os.path.expanduser(str(path)))
     if path is None:
         split = "test"  # the bundled demo data is the MNIST test set
     if not root.exists():
@@ -458,10 +455,9 @@ def open_dataset(
     if kind is not None:
         x, y, classes = (_mnist if kind == "mnist" else _cifar)(root, split)
         ch = channels or x.shape[1]
-        if ch != x.shape[1]:
-            x = x.float().mean(1, keepdim=True).round().to(torch.uint8) if ch == 1 else x.expand(-1, 3, -1, -1)
-        data = ImageData(resolution, ch, y, classes, str(root), images=_resize_array(x, resolution).contiguous())
-        _report(data, kind.upper(), x.shape[-1])
+        data = ImageData(resolution, ch, y, classes, str(root), images=_prepare_array(x, resolution, ch))
+        if verbose:
+            _announce(data, kind.upper())
         return data
 
     if not (root.is_dir() or zipfile.is_zipfile(root)):
@@ -481,7 +477,8 @@ def open_dataset(
         _fill_cache(data, workers, verbose and progress)
     elif verbose:
         info(f"decoding on the fly with {workers} workers (a cache would need {need / 2**30:.1f} GiB)")
-    _report(data, "zip" if files.is_zip else "folder", None)
+    if verbose:
+        _announce(data, "zip" if files.is_zip else "folder")
     return data
 
 
@@ -527,7 +524,8 @@ def _fill_cache(data: ImageData, workers: int, verbose: bool) -> None:
     data._names = [nm for nm, g in zip(data._names, ok.tolist()) if g]
 
 
-def _report(data: ImageData, kind: str, native: int | None) -> None:
+def _announce(data: ImageData, kind: str) -> None:
+    """Say what was found: how many images, from where, which classes, at what size."""
     if data.num_classes:
         shown = ", ".join(f"{i}={c}" for i, c in enumerate(data.class_names[:12]))
         more = f", ... ({data.num_classes} in all)" if data.num_classes > 12 else ""
@@ -597,11 +595,15 @@ class BatchStream:
         indices = self._batch_indices(self.epoch, self.position)
         if self.data.images is not None:
             return ((self.data.images[i], self.data.labels[i]) for i in indices)
+        # the loader's own generator, seeded from the run's state: a new iterator would otherwise
+        # draw its worker seed from the global RNG and change the training noise after a resume
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 100_003 + self.position)
         loader = torch.utils.data.DataLoader(
             _Fetch(self.data),
             batch_sampler=[i.tolist() for i in indices],
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
+            generator=gen,
         )
         return iter(loader)
 

@@ -1,5 +1,6 @@
-"""torch.distributed plumbing shared by training and evaluation: set up the process group
-from torchrun's environment, and ask who we are. Single-process runs never touch it."""
+"""Devices and torch.distributed plumbing shared by every verb: pick the device, join the process
+group torchrun describes, and the few collectives the training loop needs. Single-process runs
+never touch torch.distributed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,32 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["launched_by_torchrun", "init_from_env", "rank_world", "is_main", "comm_device", "cleanup"]
+from .console import UserError
+
+__all__ = ["resolve_device", "setup", "launched_by_torchrun", "init_from_env", "rank_world", "is_main",
+           "comm_device", "barrier", "all_max", "cleanup"]
+
+_CPU_GROUP = None  # a gloo group for small CPU-side votes and barriers when the main backend is NCCL
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; a clear error for unknown or absent devices."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    return dev
+
+
+def setup(device: str | torch.device = "auto") -> torch.device:
+    """The device this process works on, after joining torchrun's process group if any."""
+    return init_from_env(resolve_device(device))
 
 
 def launched_by_torchrun() -> bool:
@@ -20,6 +46,7 @@ def launched_by_torchrun() -> bool:
 def init_from_env(device: torch.device) -> torch.device:
     """Join the process group torchrun describes: NCCL on CUDA, gloo on CPU. Returns this
     rank's device (``cuda:LOCAL_RANK`` on GPU). A no-op outside torchrun."""
+    global _CPU_GROUP
     if not launched_by_torchrun() or dist.is_initialized():
         return device
     if device.type == "cuda":
@@ -29,6 +56,7 @@ def init_from_env(device: torch.device) -> torch.device:
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=timedelta(minutes=30),
                             device_id=device if device.type == "cuda" else None)
+    _CPU_GROUP = dist.new_group(backend="gloo") if backend == "nccl" else None
     return device
 
 
@@ -50,6 +78,23 @@ def comm_device() -> torch.device:
     return torch.device("cpu")
 
 
+def barrier() -> None:
+    """Wait for every process (a no-op in a single process)."""
+    if rank_world()[1] > 1:
+        dist.barrier(group=_CPU_GROUP)
+
+
+def all_max(values: list[int]) -> list[int]:
+    """The element-wise maximum of ``values`` over every process (CPU side, small)."""
+    if rank_world()[1] == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_CPU_GROUP)
+    return t.tolist()
+
+
 def cleanup() -> None:
+    global _CPU_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _CPU_GROUP = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .models import Generator, latents
+from .models import Generator, eval_mode, latents
 
 __all__ = ["seed_latent", "lerp", "slerp", "latent_path", "class_path", "interpolate"]
 
@@ -66,9 +66,5 @@ def interpolate(G: Generator, z: torch.Tensor, y: torch.Tensor | None, batch_siz
     one row), in eval mode, batch-independent."""
     if y is not None and y.shape[0] == 1:
         y = y.expand(z.shape[0], *y.shape[1:])
-    was = G.training
-    G.eval()
-    try:
+    with eval_mode(G):
         return G.generate(z, y, batch_size).cpu()
-    finally:
-        G.train(was)

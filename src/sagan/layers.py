@@ -21,7 +21,6 @@ from torch.nn.utils.parametrizations import _SpectralNorm
 __all__ = [
     "spectral_norm",
     "LayerFactory",
-    "layer_factory",
     "SelfAttention2d",
     "ConditionalBatchNorm2d",
     "record_attention",
@@ -77,16 +76,10 @@ class LayerFactory:
     def __init__(self, sn: bool = True, eps: float = 1e-6, init: str = "ortho"):
         self.sn, self.eps, self.init = sn, eps, init
         make = functools.partial(_build, sn=sn, eps=eps, init=init)
-        self.conv = functools.partial(make, nn.Conv2d)
         self.conv3 = functools.partial(make, nn.Conv2d, kernel_size=3, padding=1)
         self.conv1 = functools.partial(make, nn.Conv2d, kernel_size=1, padding=0)
         self.linear = functools.partial(make, nn.Linear)
         self.embedding = functools.partial(make, nn.Embedding)
-
-
-def layer_factory(sn: bool = True, eps: float = 1e-6, init: str = "ortho") -> LayerFactory:
-    """Shorthand for :class:`LayerFactory`."""
-    return LayerFactory(sn=sn, eps=eps, init=init)
 
 
 class SelfAttention2d(nn.Module):

@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 from .console import UserError, info
 from .data import default_workers
 from .distributed import comm_device, is_main, rank_world
+from .images import to_uint8
+from .models import eval_mode
 
 __all__ = [
     "WEIGHTS_FILE",
@@ -168,8 +170,6 @@ def generator_batches(G, n: int, batch_size: int = 250, seed: int = 0, classes: 
     label (else uniform random labels for a conditional G). Batch ``b`` depends only on
     ``seed`` and ``b``, so under torchrun each rank draws its share of the very samples that
     a single process would draw."""
-    from .sampling import to_uint8
-
     for b, i, m in _my_batches(n, batch_size):
         gen = torch.Generator().manual_seed(_batch_seed(seed, b))
         if classes is not None:
@@ -329,10 +329,9 @@ def reference_features(data, extractor: Extractor, extractor_name: str | None = 
                     progress=progress)
     feats = _gather(feats, n, batch_size)
     if main:
-        from .checkpoints import atomic_save
+        from .checkpoints import save_checkpoint
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({"pool": feats.pool, "logits": feats.logits[:, :0], "labels": feats.labels,
+        save_checkpoint({"pool": feats.pool, "logits": feats.logits[:, :0], "labels": feats.labels,
                      "meta": json.dumps({"source": str(data.source), "n": n, "extractor": extractor_name})}, path)
     return feats, False
 
@@ -354,13 +353,9 @@ def evaluate_generator(G, reference, n: int = 50_000, extractor: Extractor | Non
     extractor_name = extractor_name or _name_of(extractor)
     cond = G.num_classes > 0 and reference.num_classes == G.num_classes
     classes = (torch.arange(n) * G.num_classes // n) if G.num_classes > 0 else None
-    was_training = G.training
-    G.eval()
-    try:
+    with eval_mode(G):
         fake = extract(generator_batches(G, n, batch_size, seed, classes, truncation), extractor, total=n,
                        desc="generated features", progress=progress)
-    finally:
-        G.train(was_training)
     fake = _gather(fake, n, batch_size)
     real, cached = reference_features(reference, extractor, extractor_name, ref_limit, batch_size, progress)
     res = None

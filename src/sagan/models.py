@@ -8,7 +8,9 @@ This module knows nothing about training.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +18,8 @@ from torch import nn
 
 from .layers import ConditionalBatchNorm2d, LayerFactory, SelfAttention2d, upsample2x
 
-__all__ = ["Generator", "Discriminator", "G_ARCH", "D_ARCH", "SUPPORTED_RESOLUTIONS", "standing_stats"]
+__all__ = ["Generator", "Discriminator", "G_ARCH", "D_ARCH", "SUPPORTED_RESOLUTIONS", "standing_stats", "eval_mode",
+           "check_attention", "build_generator", "build_discriminator"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,10 @@ def default_attention(resolution: int) -> tuple[int, ...]:
     return (min(64, resolution // 2),)
 
 
-def _check(resolution: int, attn, table: dict[int, Arch], who: str) -> tuple[Arch, tuple[int, ...]]:
+def check_attention(resolution: int, attn, net: str) -> tuple[Arch, tuple[int, ...]]:
+    """The architecture table of ``net`` ("G" or "D") at ``resolution`` and the attention
+    resolutions (None: the default), or a ValueError saying what is possible."""
+    table, who = (G_ARCH, "the generator") if net == "G" else (D_ARCH, "the discriminator")
     if resolution not in table:
         raise ValueError(
             f"unsupported resolution {resolution}; choose one of {', '.join(map(str, SUPPORTED_RESOLUTIONS))}"
@@ -64,6 +70,25 @@ def _check(resolution: int, attn, table: dict[int, Arch], who: str) -> tuple[Arc
             f"attention can sit at {sorted(set(arch.resolution))}"
         )
     return arch, attn
+
+
+def stage_channels(resolution: int, feature_map: int, ch: int, net: str) -> int:
+    """Channels of ``net``'s first block whose output is ``feature_map`` pixels wide."""
+    arch = (G_ARCH if net == "G" else D_ARCH)[resolution]
+    return arch.out_mult[arch.resolution.index(feature_map)] * ch
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Run ``modules`` in eval mode inside the block and restore each one's mode after it."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
 
 
 class GBlock(nn.Module):
@@ -164,7 +189,7 @@ class Generator(nn.Module):
         init: str = "ortho",
     ):
         super().__init__()
-        arch, attn = _check(resolution, attn, G_ARCH, "the generator")
+        arch, attn = check_attention(resolution, attn, "G")
         if img_channels not in (1, 3):
             raise ValueError(f"img_channels must be 1 or 3, got {img_channels}")
         self.resolution, self.z_dim, self.num_classes, self.img_channels = resolution, z_dim, num_classes, img_channels
@@ -324,7 +349,7 @@ class Discriminator(nn.Module):
         init: str = "ortho",
     ):
         super().__init__()
-        arch, attn = _check(resolution, attn, D_ARCH, "the discriminator")
+        arch, attn = check_attention(resolution, attn, "D")
         if img_channels not in (1, 3):
             raise ValueError(f"img_channels must be 1 or 3, got {img_channels}")
         self.resolution, self.num_classes, self.img_channels = resolution, num_classes, img_channels
@@ -360,15 +385,22 @@ class Discriminator(nn.Module):
         return out
 
 
+def _complete(cfg) -> None:
+    if cfg.num_classes is None or cfg.img_channels is None:
+        raise ValueError("the model config leaves num_classes or img_channels to the data: complete it first "
+                         "(sagan.config.complete, or set both)")
+
+
 def build_generator(cfg, sn: bool = True) -> Generator:
-    """A :class:`Generator` from a model config (any object with ``ModelConfig``'s fields).
-    ``sn=False`` builds the plain-weight twin that exported files load into."""
+    """A :class:`Generator` from a complete model config (any object with ``ModelConfig``'s
+    fields). ``sn=False`` builds the plain-weight twin that exported files load into."""
+    _complete(cfg)
     return Generator(
         resolution=cfg.resolution,
         ch=cfg.g_ch,
         z_dim=cfg.z_dim,
-        num_classes=cfg.num_classes or 0,
-        img_channels=cfg.img_channels or 3,
+        num_classes=cfg.num_classes,
+        img_channels=cfg.img_channels,
         attn=tuple(cfg.g_attn),
         attn_pool=cfg.attn_pool,
         sn=sn,
@@ -376,17 +408,19 @@ def build_generator(cfg, sn: bool = True) -> Generator:
         shared_dim=cfg.shared_dim,
         embed_sn=cfg.g_embed_sn,
         bn_eps=cfg.bn_eps,
+        bn_momentum=cfg.bn_momentum,
         init=cfg.init,
     )
 
 
 def build_discriminator(cfg) -> Discriminator:
-    """A :class:`Discriminator` from a model config."""
+    """A :class:`Discriminator` from a complete model config."""
+    _complete(cfg)
     return Discriminator(
         resolution=cfg.resolution,
         ch=cfg.d_ch,
-        num_classes=cfg.num_classes or 0,
-        img_channels=cfg.img_channels or 3,
+        num_classes=cfg.num_classes,
+        img_channels=cfg.img_channels,
         attn=tuple(cfg.d_attn),
         attn_pool=cfg.attn_pool,
         sn_eps=cfg.sn_eps,

@@ -14,8 +14,13 @@ from pathlib import Path
 
 import torch
 
+import yaml
+
+from .config import config_to_dict
 from .console import UserError, info, warn
-from .sampling import CONFIG_FILE
+from .rundir import REPORT, RunDir, atomic_write, expand, refuse_existing
+
+e = html.escape
 
 __all__ = ["read_metrics", "build_report"]
 
@@ -126,18 +131,16 @@ def _attention_figure(run_dir: Path, device: torch.device) -> tuple[bytes, str] 
     """Attention maps of the latest checkpoint's EMA G (and D on its images), as PNG bytes."""
     from .attention_maps import combined_figure, generated_attention, grid_points
     from .plots import figure_png
-    from .sampling import _resolve_checkpoint, discriminator_from_checkpoint, generator_from_checkpoint
+    from .loading import load_networks
 
-    _, state = _resolve_checkpoint(run_dir)
-    G = generator_from_checkpoint(state).to(device).eval()
-    D = discriminator_from_checkpoint(state).to(device).eval()
+    G, D, where = load_networks(run_dir, device)
     points, n = grid_points(G.resolution, 2), 2
     y = torch.arange(n) % G.num_classes if G.num_classes else None
     images, layers = generated_attention(G, D, n, y, 0, points)
     if not layers:
         return None
     png = figure_png(combined_figure(images.cpu(), points, layers, max_rows=8))
-    return png, f"step {int(state['step']):,}, EMA generator, seed 0"
+    return png, f"step {where['step']:,}, EMA generator, seed 0"
 
 
 CSS = """
@@ -163,21 +166,7 @@ window.addEventListener('load', function () {
 """
 
 
-def build_report(run_dir: str | Path, out: str | Path | None = None, overwrite: bool = False,
-                 attention: bool = True, device: str | torch.device = "cpu", max_grids: int = 8) -> Path:
-    """Write the HTML report of ``run_dir`` to ``out`` (default ``<run_dir>/report.html``)."""
-    run_dir = Path(run_dir).expanduser()
-    if not (run_dir / CONFIG_FILE).exists():
-        raise UserError(f"{run_dir} is not a sagan run directory (no config.yaml); pass the --out of a sagan train run")
-    out = Path(out) if out else run_dir / "report.html"
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; pass --overwrite or choose another --out")
-    device = torch.device(device)
-    train, evals = read_metrics(run_dir)
-    config_text = (run_dir / CONFIG_FILE).read_text()
-    e = html.escape
-    parts = [f"<h1>SAGAN run: {e(run_dir.resolve().name)}</h1>",
-             f"<p class='muted'>{e(str(run_dir.resolve()))}</p>"]
+def _facts(train: list[dict], evals: list[dict]) -> str:
     facts = []
     if train:
         last = train[-1]
@@ -186,57 +175,76 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, overwrite: 
     if evals:
         best = min(evals, key=lambda r: r["fid"])
         facts.append(("best FID", f"{best['fid']:.2f} at step {best['step']:,} (IS {best.get('is', float('nan')):.2f})"))
-    if facts:
-        parts.append("<table class='facts'>" + "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in facts)
-                     + "</table>")
-    import yaml
+    if not facts:
+        return ""
+    return "<table class='facts'>" + "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in facts) + "</table>"
 
-    plots = _plots(train, evals, yaml.safe_load(config_text) or {})
+
+def _figure(png: bytes, alt: str, caption: str, more: str = "") -> str:
+    return f"<figure><img src='{_uri(png)}' alt='{e(alt)}'><figcaption>{e(caption)}{more}</figcaption></figure>"
+
+
+def _plots_html(train: list[dict], evals: list[dict], config: dict) -> list[str]:
+    plots = _plots(train, evals, config)
     if not plots:
-        parts.append("<p>No metrics logged yet (metrics.jsonl is missing or empty).</p>")
-    for title, caption, png in plots:
-        parts.append(f"<h2>{e(title)}</h2><figure><img src='{_uri(png)}' alt='{e(title)} plot'>"
-                     f"<figcaption>{e(caption)}</figcaption></figure>")
-    sweeps = sorted((run_dir / "eval").glob("truncation_sweep_*.png"))
-    if sweeps:
-        parts.append("<h2>Truncation trade-off</h2>")
-        for p in sweeps:
-            parts.append(f"<figure><img src='{_uri(p.read_bytes())}' alt='truncation sweep'>"
-                         f"<figcaption>{e(p.name)} (sagan eval --truncation-sweep)</figcaption></figure>")
-    grids = _timeline(run_dir, max_grids)
-    parts.append("<h2>Samples over training</h2>")
-    if grids:
-        parts.append("<p>Grids of the EMA generator from fixed z (one row per class for conditional models).</p>"
-                     "<div class='timeline'>" + "".join(
-                         f"<figure><img src='{_uri(png)}' alt='samples at {e(cap)}'><figcaption>{e(cap)}</figcaption>"
-                         "</figure>" for cap, png in grids) + "</div>")
-    else:
-        parts.append("<p>No sample grids yet.</p>")
+        return ["<p>No metrics logged yet (metrics.jsonl is missing or empty).</p>"]
+    return [f"<h2>{e(title)}</h2>" + _figure(png, f"{title} plot", caption) for title, caption, png in plots]
+
+
+def _sweeps_html(run: RunDir) -> list[str]:
+    sweeps = sorted(run.eval.glob("truncation_sweep_*.png"))
+    if not sweeps:
+        return []
+    return ["<h2>Truncation trade-off</h2>"] + [
+        _figure(p.read_bytes(), "truncation sweep", f"{p.name} (sagan eval --truncation-sweep)") for p in sweeps]
+
+
+def _timeline_html(run: RunDir, max_grids: int) -> list[str]:
+    grids = _timeline(run.path, max_grids)
+    if not grids:
+        return ["<h2>Samples over training</h2>", "<p>No sample grids yet.</p>"]
+    return ["<h2>Samples over training</h2>",
+            "<p>Grids of the EMA generator from fixed z (one row per class for conditional models).</p>"
+            "<div class='timeline'>" + "".join(_figure(png, f"samples at {cap}", cap) for cap, png in grids) + "</div>"]
+
+
+def _attention_html(run: RunDir, device: torch.device) -> list[str]:
+    try:
+        fig = _attention_figure(run.path, device)
+    except UserError as err:
+        return ["<h2>Attention maps</h2>", f"<p>No attention maps: {e(str(err))}</p>"]
+    if fig is None:
+        return ["<h2>Attention maps</h2>", "<p>This model has no self-attention layers.</p>"]
+    png, cap = fig
+    return ["<h2>Attention maps</h2>", _figure(
+        png, "attention maps",
+        "For each query point (left, red circle), where each attention layer of G, and of D on the same images, "
+        "looks: red is most attended, each map scaled to its own maximum (at least 5x the uniform level, so that "
+        f"a flat map stays dark); {cap}. ", f"<code>sagan attention {e(str(run))}</code> draws more.")]
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, overwrite: bool = False,
+                 attention: bool = True, device: str | torch.device = "cpu", max_grids: int = 8) -> Path:
+    """Write the HTML report of ``run_dir`` to ``out`` (default ``<run_dir>/report.html``)."""
+    run = RunDir(run_dir)
+    if not run.config_path.exists():
+        raise UserError(f"{run} is not a sagan run directory (no config.yaml); pass the --out of a sagan train run")
+    config = run.saved_config()
+    out = expand(out) if out else run / REPORT
+    refuse_existing(out, overwrite)
+    train, evals = read_metrics(run.path)
+    config_text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    name = e(run.path.resolve().name)
+    parts = [f"<h1>SAGAN run: {name}</h1>", f"<p class='muted'>{e(str(run.path.resolve()))}</p>", _facts(train, evals)]
+    parts += _plots_html(train, evals, config_to_dict(config)) + _sweeps_html(run) + _timeline_html(run, max_grids)
     if attention:
-        parts.append("<h2>Attention maps</h2>")
-        try:
-            fig = _attention_figure(run_dir, device)
-        except UserError as err:
-            parts.append(f"<p>No attention maps: {e(str(err))}</p>")
-        else:
-            if fig is None:
-                parts.append("<p>This model has no self-attention layers.</p>")
-            else:
-                png, cap = fig
-                parts.append(f"<figure><img src='{_uri(png)}' alt='attention maps'><figcaption>For each query point "
-                             "(left, red circle), where each attention layer of G, and of D on the same images, "
-                             f"looks: red is most attended, each map scaled to its own maximum (at least 5x the uniform "
-                             f"level, so that a flat map stays dark); {e(cap)}. "
-                             f"<code>sagan attention {e(str(run_dir))}</code> draws more.</figcaption></figure>")
+        parts += _attention_html(run, torch.device(device))
     parts.append(f"<h2>Config</h2><pre>{e(config_text)}</pre>")
     page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>SAGAN report: {e(run_dir.resolve().name)}</title><style>{CSS}</style>"
+            f"<title>SAGAN report: {name}</title><style>{CSS}</style>"
             f"<script>{SCRIPT}</script></head><body>" + "\n".join(parts) + "</body></html>\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page)
-    tmp.replace(out)
+    atomic_write(out, page)
     if not train:
-        warn(f"{run_dir} has no logged metrics yet: the report has no plots")
+        warn(f"{run} has no logged metrics yet: the report has no plots")
     info(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained)")
     return out

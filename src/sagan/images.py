@@ -1,0 +1,66 @@
+"""Image tensors to and from files: the models' [-1, 1] range and uint8, sample grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+__all__ = ["to_uint8", "to_model_range", "save_grid", "grid_inputs", "write_pngs"]
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] to uint8 in [0, 255] (as a saved PNG holds them)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] as float in [-1, 1], the models' range (the inverse of :func:`to_uint8`)."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def _pil_format(path: Path) -> str:
+    from PIL import Image
+
+    Image.init()
+    fmt = Image.EXTENSION.get(path.suffix.lower())
+    if fmt is None:
+        from .console import UserError
+
+        raise UserError(f"{path.name}: unknown image extension {path.suffix or '(none)'!r}; use .png, .jpg, .webp ...")
+    return fmt
+
+
+def save_grid(images: torch.Tensor, path: str | Path, columns: int) -> Path:
+    """Save images in [-1, 1] as one grid image (its format from the extension, written
+    atomically) with ``columns`` images per row."""
+    from torchvision.utils import save_image
+
+    from .rundir import atomic_write
+
+    path = Path(path)
+    fmt = _pil_format(path)
+    grid = images.float().clamp(-1, 1) * 0.5 + 0.5
+    return atomic_write(path, lambda f: save_image(grid, f, format=fmt, nrow=columns, padding=2, pad_value=1.0))
+
+
+def write_pngs(images: torch.Tensor, folder: Path, names: list[str]) -> None:
+    """One PNG per image in [-1, 1], named ``names`` (without extension), into ``folder``."""
+    from PIL import Image
+
+    arr = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
+    for a, name in zip(arr, names):
+        Image.fromarray(a[:, :, 0] if a.shape[-1] == 1 else a).save(folder / f"{name}.png")
+
+
+def grid_inputs(num_classes: int, z_dim: int, columns: int = 10, max_rows: int = 10,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fixed latents for a sample grid: one row per class (at most ``max_rows`` classes, spread
+    evenly), the same ``columns`` latents in every row. Unconditional: ``max_rows`` rows."""
+    g = torch.Generator().manual_seed(seed)
+    if num_classes > 0:
+        rows = min(num_classes, max_rows)
+        classes = torch.linspace(0, num_classes - 1, rows).round().long()
+        z = torch.randn(columns, z_dim, generator=g).repeat(rows, 1)
+        return z, classes.repeat_interleave(columns)
+    return torch.randn(columns * max_rows, z_dim, generator=g), None

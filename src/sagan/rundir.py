@@ -1,0 +1,387 @@
+"""The run directory: the one place that knows its layout, writes into it safely and guards it.
+
+A run directory holds everything a user made with ``sagan train`` and the verbs that read it::
+
+    RUN/.sagan-run          marker written at creation: only a directory holding it (or readable
+                            checkpoints) is a run that --overwrite may clear
+    RUN/.lock               host and pid of the process training in it (while it trains)
+    RUN/config.yaml         the resolved config
+    RUN/checkpoints/        ckpt_<step>.pt, best.pt
+    RUN/samples/            training grids
+    RUN/metrics.jsonl, RUN/tb/   training logs
+    RUN/eval/, attention/, interpolation/, generated/, report.html, generator_ema.safetensors
+
+Every file written here goes through :func:`atomic_write` (a temporary file in the same folder,
+fsync, rename, fsync of the folder), so a crash leaves the old file or the new one, and a full
+disk is one clear error that keeps the old file and removes the temporary one.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .console import UserError, info, warn
+
+__all__ = ["RunDir", "RunLock", "atomic_write", "write_text", "write_json", "refuse_existing", "free_path",
+           "output_folder", "expand"]
+
+MARKER = ".sagan-run"
+LOCK = ".lock"
+CONFIG_FILE = "config.yaml"
+CKPT_DIR = "checkpoints"
+SAMPLES = "samples"
+METRICS = "metrics.jsonl"
+TB = "tb"
+EVAL = "eval"
+ATTENTION = "attention"
+INTERPOLATION = "interpolation"
+GENERATED = "generated"
+REPORT = "report.html"
+EXPORT = "generator_ema.safetensors"
+# what --overwrite deletes: the run's own entries, nothing else in the folder
+ENTRIES = (CONFIG_FILE, CKPT_DIR, SAMPLES, TB, METRICS, EXPORT, GENERATED, EVAL, ATTENTION, INTERPOLATION, REPORT)
+_TMP = re.compile(r"^\..+\.tmp\d+$")  # atomic_write's temporaries
+
+
+def expand(path: str | os.PathLike) -> Path:
+    """A user-given path with ``~`` expanded."""
+    return Path(os.path.expanduser(str(path)))
+
+
+# ---------------------------------------------------------------------------------- writing
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _no_space(e: BaseException) -> bool:
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left" in str(e) or "file write failed" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None] | bytes | str) -> Path:
+    """Write ``path`` atomically: ``write(f)`` (or the given bytes/text) goes to a temporary file
+    in the same folder, which is fsynced and renamed over ``path``. On any failure the temporary
+    file is removed and ``path`` is left as it was; a full disk or an unwritable folder is a
+    :class:`UserError` that says so."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {path.parent} ({e.strerror or e}); choose another output path") from None
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(write):
+                write(f)
+            else:
+                f.write(write.encode() if isinstance(write, str) else write)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception) and _no_space(e):
+            raise UserError(f"no space left on the device holding {path.parent}; {path.name} was not written "
+                            "(earlier files are kept): free some space and run the command again") from None
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write {path} ({e.strerror or e}); choose another output path") from None
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, text)
+
+
+def write_json(obj: Any, *paths: Path) -> list[Path]:
+    """The same JSON document, atomically, at each of ``paths``."""
+    text = json.dumps(obj, indent=2) + "\n"
+    return [atomic_write(p, text) for p in paths]
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that a process killed during :func:`atomic_write` left."""
+    if not folder.is_dir():
+        return []
+    gone = [p for p in folder.iterdir() if _TMP.match(p.name)]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
+
+
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    """One refusal for every verb: an existing output file is replaced only with ``--overwrite``,
+    and a folder never is."""
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give --out a file name")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists; pass --overwrite to replace it or choose another --out")
+
+
+def free_path(folder: Path, stem: str, suffix: str) -> Path:
+    """``folder/stem.suffix``, or ``stem_2``, ``stem_3``, ... when taken: results are never overwritten."""
+    path, k = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        k += 1
+        path = folder / f"{stem}_{k}{suffix}"
+    return path
+
+
+def output_folder(path: Path, overwrite: bool) -> Path:
+    """A folder for a verb's outputs, created; refused when it already holds files, unless ``overwrite``."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file; choose a folder for --out")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise UserError(f"{path} already holds files; pass --overwrite or choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {path} ({e.strerror or e}); choose another --out") from None
+    return path
+
+
+# ---------------------------------------------------------------------------------- the lock
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of ``pid`` (Linux), to tell a live holder from a recycled pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now = _process_start(pid)
+    return started is None or now is None or now == started
+
+
+@dataclass
+class RunLock:
+    """A lock file naming the host and process that train in a run directory."""
+
+    path: Path
+    held: bool = False
+
+    def acquire(self) -> None:
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid()),
+              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None:  # a lock file being written, or an empty one from a crash
+                    time.sleep(0.2)
+                    if self._holder() is None:
+                        self.path.unlink(missing_ok=True)
+                    continue
+                if holder.get("host") == me["host"] and holder.get("pid") == me["pid"]:
+                    self.held = True  # this very process (a second Trainer in one Python session)
+                    return
+                if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1)), holder.get("started")):
+                    info(f"taking over the lock of {self.path.parent}: its holder (pid {holder.get('pid')} on "
+                         f"{holder.get('host')}) is no longer running")
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise UserError(
+                    f"{self.path.parent} is in use by another sagan train (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, since {holder.get('since')}); wait for it to finish, or, if that "
+                    f"process is gone, delete {self.path}")
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return
+        raise UserError(f"could not take the lock {self.path}; delete it if no sagan train runs there")
+
+    def _holder(self) -> dict | None:
+        try:
+            d = json.loads(self.path.read_text())
+            return d if isinstance(d, dict) and "pid" in d else None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            holder = self._holder()
+            if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+# ---------------------------------------------------------------------------------- the run
+
+
+class RunDir:
+    """A run directory: its paths, whether it is a run, creating, clearing, locking it, and its config."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = expand(path)
+        self._lock: RunLock | None = None
+        self._made = False  # this process created the folder (to take it back if the start fails)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    config_path = property(lambda self: self.path / CONFIG_FILE)
+    checkpoints = property(lambda self: self.path / CKPT_DIR)
+    samples = property(lambda self: self.path / SAMPLES)
+    metrics = property(lambda self: self.path / METRICS)
+    tb = property(lambda self: self.path / TB)
+    eval = property(lambda self: self.path / EVAL)
+
+    def has_checkpoints(self) -> bool:
+        from .checkpoints import CheckpointManager
+
+        return bool(CheckpointManager(self.checkpoints).paths())
+
+    def is_run(self) -> bool:
+        """Recognisably a torch-sagan run: it holds the marker, or checkpoints."""
+        return (self.path / MARKER).is_file() or self.has_checkpoints()
+
+    def check_usable(self, overwrite: bool) -> None:
+        """Refuse an --out that is a file, or a non-empty folder that is not a run (whatever
+        the flags: nothing but a run's own entries is ever deleted)."""
+        d = self.path
+        if d.exists() and not d.is_dir():
+            raise UserError(f"{d} is a file; choose a directory for --out")
+        if d.is_dir() and any(p.name not in (LOCK,) for p in d.iterdir()) and not self.is_run():
+            what = "has a config.yaml but no sagan marker or checkpoints" if self.config_path.exists() else "holds other files"
+            raise UserError(f"{d} {what}, so it is not a sagan run directory and is left alone"
+                            f"{' (even with --overwrite)' if overwrite else ''}; choose a new or empty --out")
+
+    def lock(self) -> RunLock:
+        """Take the run's lock (released by :meth:`unlock`, or found stale after a crash)."""
+        try:
+            self._made = self._made or not self.path.exists()
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {self.path} ({e.strerror or e}); choose another --out") from None
+        self._lock = RunLock(self.path / LOCK)
+        self._lock.acquire()
+        return self._lock
+
+    def unlock(self) -> None:
+        """Release the lock; a folder this process created and left empty goes too."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self._made and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+
+    def create(self) -> None:
+        """Make the directory a run (the marker), keeping anything already there."""
+        if not (self.path / MARKER).is_file():
+            atomic_write(self.path / MARKER, json.dumps({"created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                         "by": "torch-sagan"}) + "\n")
+
+    def clear(self) -> list[str]:
+        """Delete the run's own entries (never other files); only in a recognisable run."""
+        if not self.is_run():
+            raise UserError(f"{self.path} is not a sagan run directory; refusing to delete anything in it")
+        gone = []
+        for name in ENTRIES:
+            p = self.path / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+                gone.append(name)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+                gone.append(name)
+        return gone
+
+    # ------------------------------------------------------------------------- config
+    def save_config(self, cfg) -> None:
+        from .config import config_to_dict
+
+        write_text(self.config_path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+    def saved_config(self):
+        """The run's config: ``config.yaml``, or, when that is missing or damaged, the config the
+        newest readable checkpoint carries (then ``config.yaml`` is unreadable, not the run); None
+        for a new run."""
+        from .config import ConfigError, config_from_dict, load_config
+
+        if self.config_path.exists():
+            try:
+                return load_config(self.config_path)
+            except ConfigError as e:
+                found = self.latest_checkpoint(quiet=True)
+                if found is None:
+                    raise
+                warn(f"{e}; using the config saved in {found[0].name} instead")
+                return config_from_dict(found[1]["config"])
+        found = self.latest_checkpoint(quiet=True) if self.has_checkpoints() else None
+        return config_from_dict(found[1]["config"]) if found else None
+
+    # ------------------------------------------------------------------------- checkpoints
+    def latest_checkpoint(self, map_location="cpu", quiet: bool = False):
+        """(path, state) of the newest readable checkpoint, or None when there is none."""
+        from .checkpoints import CheckpointManager
+
+        return CheckpointManager(self.checkpoints).latest(map_location, quiet=quiet)
+
+
+def resolve_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[Path, dict]:
+    """(path, state) for a run directory (its newest readable checkpoint) or a checkpoint file."""
+    from .checkpoints import load_checkpoint
+
+    path = expand(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass a run directory or a checkpoint (.pt)")
+    if path.is_dir():
+        found = RunDir(path).latest_checkpoint(map_location)
+        if found is None:
+            raise UserError(f"{path} holds no checkpoint yet; train first (sagan train --out {path})")
+        return found
+    if path.suffix == ".safetensors":
+        raise UserError(f"{path} is an exported generator, not a checkpoint; pass a run directory or a .pt checkpoint")
+    state = load_checkpoint(path, map_location)
+    if not isinstance(state, dict) or not {"config", "G_ema", "G", "step"} <= set(state):
+        raise UserError(f"{path} is not a sagan checkpoint")
+    return path, state
+
+
+def run_of(path: Path) -> Path:
+    """The run directory a checkpoint lives in (else the checkpoint's folder); a run directory itself."""
+    path = expand(path)
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == CKPT_DIR else path.parent
