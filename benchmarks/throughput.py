@@ -6,8 +6,9 @@ and model FLOPs utilisation, for each precision and eager or compiled execution.
     python benchmarks/throughput.py --preset imagenet128 --data ../shared/data/celeba.zip  # + loader speed
     python benchmarks/throughput.py ... --record                      # append the rows to RESULTS.md
 
-What is measured is `Trainer.train_iteration`, the loop body of `sagan train`: n_dis D steps on
-real batches plus one G step and the EMA update. "img/s" counts real images through D per
+What is measured is `GANState.train_iteration`, the step that `sagan train` runs: n_dis D steps
+on real batches plus one G step and the EMA update, built straight from the config with no run
+directory. "img/s" counts real images through D per
 second over all n_dis steps. Data come from a synthetic in-memory set, so the loader is not
 in the way; `--data` measures the loader on its own (decoding on the fly and from the cache)
 to compare with what training consumes. FLOPs are counted with torch.utils.flop_counter on one
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -65,53 +65,70 @@ def _synthetic(cfg, classes: int):
 
     n = cfg.train.batch_size * cfg.train.n_dis * 2
     r = cfg.model.resolution
+    c = cfg.model.img_channels or (1 if cfg.data is None else 3)  # the demo's bundled MNIST is grayscale
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 3, r, r), dtype=torch.uint8, generator=g)
+    images = torch.randint(0, 256, (n, c, r, r), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, classes, (n,), generator=g)
-    return ImageData(r, 3, labels, [str(i) for i in range(classes)], "synthetic", images=images)
+    return ImageData(r, c, labels, [str(i) for i in range(classes)], "synthetic", images=images)
 
 
-def _count_flops(tr) -> float:
+def _count_flops(gan, batches) -> float:
     """FLOPs of one training iteration, counted on the eager modules."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    saved = tr.G_train, tr.D_train, tr.G_fake, tr.D_frozen
-    tr.G_train, tr.D_train, tr.G_fake, tr.D_frozen = tr.G, tr.D, tr.G, tr.D
+    saved = gan.G_train, gan.D_train, gan.G_fake, gan.D_frozen
+    gan.G_train, gan.D_train, gan.G_fake, gan.D_frozen = gan.G, gan.D, gan.G, gan.D
     try:
         with FlopCounterMode(display=False) as counter:
-            tr.train_iteration()
+            gan.train_iteration(batches)
     finally:
-        tr.G_train, tr.D_train, tr.G_fake, tr.D_frozen = saved
+        gan.G_train, gan.D_train, gan.G_fake, gan.D_frozen = saved
     return float(counter.get_total_flops())
 
 
+def build(spec: dict, device: torch.device):
+    """The step object and a stream of synthetic batches for ``spec``."""
+    from sagan.config import complete
+    from sagan.data import BatchStream
+    from sagan.gan import GANState
+
+    cfg = _config(spec["preset"], spec["precision"], spec["mode"] == "compiled", spec["ch"], spec["batch_size"],
+                  spec["n_dis"])
+    classes = {"imagenet128": 1000, "cifar10": 10}.get(spec["preset"], 10)
+    data = _synthetic(cfg, classes)
+    cfg = complete(cfg, data, workers=0)
+    for key, value in spec.get("set", {}).items():  # e.g. {"train.diffaug": "color"}
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
+    gan = GANState(cfg, device)
+    gan.train()
+    return gan, BatchStream(data, cfg.train.batch_size, seed=0, device=device)
+
+
 def measure_one(spec: dict) -> dict:
-    """Build a Trainer for ``spec`` and time ``iters`` iterations after ``warmup``."""
-    from sagan.training import Trainer, resolve_device
+    """Build the training step for ``spec`` and time ``iters`` iterations after ``warmup``."""
+    from sagan.distributed import resolve_device
 
     device = resolve_device(spec["device"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    cfg = _config(spec["preset"], spec["precision"], spec["mode"] == "compiled", spec["ch"], spec["batch_size"],
-                  spec["n_dis"])
-    classes = {"imagenet128": 1000, "cifar10": 10}.get(spec["preset"], 10)
-    with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(cfg, Path(tmp) / "run", device=device, data=_synthetic(cfg, classes), progress=False)
-        started = time.perf_counter()
-        for _ in range(spec["warmup"]):
-            tr.train_iteration()
-        sync(device)
-        warm_s = time.perf_counter() - started
-        t0 = time.perf_counter()
-        for _ in range(spec["iters"]):
-            stats, imgs = tr.train_iteration()
-        stats.tolist()  # the losses must be finite numbers, and a sync
-        sync(device)
-        elapsed = time.perf_counter() - t0
-        peak_mem = _peak_memory(device)
-        flops = _count_flops(tr)
+    gan, batches = build(spec, device)
+    started = time.perf_counter()
+    for _ in range(spec["warmup"]):
+        gan.train_iteration(batches)
+    sync(device)
+    warm_s = time.perf_counter() - started
+    t0 = time.perf_counter()
+    for _ in range(spec["iters"]):
+        stats, imgs = gan.train_iteration(batches)
+    torch.stack(list(stats)).tolist()  # the losses must be finite numbers, and a sync
+    sync(device)
+    elapsed = time.perf_counter() - t0
+    peak_mem = _peak_memory(device)
+    flops = _count_flops(gan, batches)
     per_iter = elapsed / spec["iters"]
     peak = peak_flops(device, spec["precision"])
+    cfg = gan.cfg
     return {
         "img_per_s": imgs * spec["iters"] / elapsed,
         "ms_per_iter": per_iter * 1e3,
@@ -128,7 +145,7 @@ def measure_one(spec: dict) -> dict:
 def measure_loader(path: str, resolution: int, batch_size: int, workers: int, batches: int) -> list[dict]:
     """Images per second that BatchStream delivers, decoding on the fly and from the cache."""
     from sagan.data import BatchStream, open_dataset
-    from sagan.training import resolve_device
+    from sagan.distributed import resolve_device
 
     device = resolve_device("auto")
     out = []
@@ -150,6 +167,18 @@ def measure_loader(path: str, resolution: int, batch_size: int, workers: int, ba
     return out
 
 
+def _settings(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key.count(".") != 1:
+            sys.exit(f"--set takes section.key=value, e.g. train.n_dis=2; got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", nargs="+", default=["cifar10", "imagenet128"])
@@ -158,6 +187,8 @@ def main() -> None:
     ap.add_argument("--ch", type=int, default=None, help="G and D width (default: the preset's)")
     ap.add_argument("--batch_size", type=int, default=None, help="default: the preset's")
     ap.add_argument("--n_dis", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config values for every measurement, e.g. train.diffaug=color,translation")
     ap.add_argument("--iters", type=int, default=10, help="timed iterations")
     ap.add_argument("--warmup", type=int, default=3, help="untimed iterations first (compilation happens here)")
     ap.add_argument("--device", default="auto")
@@ -175,7 +206,8 @@ def main() -> None:
         for precision in args.precision:
             for mode in args.mode:
                 spec = dict(preset=preset, precision=precision, mode=mode, ch=args.ch, batch_size=args.batch_size,
-                            n_dis=args.n_dis, iters=args.iters, warmup=args.warmup, device=args.device)
+                            n_dis=args.n_dis, iters=args.iters, warmup=args.warmup, device=args.device,
+                            set=_settings(args.set))
                 print(f"{preset} {precision} {mode} ...", file=sys.stderr, flush=True)
                 r, err = run_isolated(__file__, spec)
                 if r is None:

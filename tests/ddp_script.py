@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_training import tiny_config  # noqa: E402
+from helpers import tiny_config  # noqa: E402
 
 from sagan.distributed import cleanup, rank_world  # noqa: E402
 from sagan.training import Trainer  # noqa: E402

@@ -72,7 +72,7 @@ def test_hand_built_attention_points_at_the_known_key(tmp_path):
 
 @pytest.fixture
 def cli(capsys):
-    from test_cli import sagan_inproc
+    from helpers import sagan_inproc
 
     return lambda *a: sagan_inproc(capsys, *a)
 

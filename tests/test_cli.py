@@ -10,47 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-TINY = [
-    "--model.g_ch", "4", "--model.d_ch", "4", "--model.z_dim", "8",
-    "--model.g_attn", "[16]", "--model.d_attn", "[16]",
-    "--train.batch_size", "8", "--train.log_every", "1", "--train.sample_every", "2",
-    "--train.ckpt_every", "2", "--dataset.workers", "0", "--no_progress",
-]
-
-
-def sagan(*args, cwd):
-    """Run the real command in a subprocess, as a user does."""
-    return subprocess.run([sys.executable, "-m", "sagan", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-class Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-def sagan_inproc(capsys, *args, cwd=None):
-    """The same entry point in this process: fast, for checking messages."""
-    from sagan.cli import main
-
-    capsys.readouterr()
-    old = os.getcwd()
-    try:
-        if cwd:
-            os.chdir(cwd)
-        try:
-            rc = main([str(a) for a in args])
-        except SystemExit as e:  # --help and --print_config exit
-            rc = e.code or 0
-    finally:
-        os.chdir(old)
-    out, err = capsys.readouterr()
-    return Result(rc, out, err)
-
+from helpers import TINY, sagan, sagan_inproc, write_class_folder
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from conftest import write_class_folder
-
     root = tmp_path_factory.mktemp("cli")
     data = write_class_folder(root / "shapes")
     r = sagan("train", "--data", data, "--out", root / "run", "--steps", 4, *TINY, cwd=root)
@@ -153,7 +116,7 @@ def test_sample_export_and_load_generator(trained, capsys):
         a, b = G_ckpt(z, y), G_file(z, y)
     assert a.shape == (3, 3, 32, 32) and a.abs().max() <= 1
     assert torch.allclose(a, b, atol=1e-5)
-    assert torch.allclose(G_file.sample(3, seed=1), G_file.sample(3, seed=1))
+    assert torch.allclose(G_file.sample(3, seed=1), G_ckpt.sample(3, seed=1), atol=1e-5)
 
 
 def test_help_explains_itself(tmp_path, capsys):
@@ -174,8 +137,6 @@ def test_help_explains_itself(tmp_path, capsys):
 def test_interrupt_finishes_the_step_saves_and_resumes(tmp_path, sig):
     import signal
     import time
-
-    from conftest import write_class_folder
 
     data = write_class_folder(tmp_path / "shapes")
     run = tmp_path / "run"
@@ -205,8 +166,6 @@ def test_overwrite_with_bad_input_keeps_the_old_run(trained, capsys, tmp_path):
 
 
 def test_failed_start_does_not_lock_the_run_directory(tmp_path, capsys):
-    from conftest import write_class_folder
-
     data = write_class_folder(tmp_path / "shapes", per_class=3)  # 6 images
     args = ["train", "--data", data, "--out", tmp_path / "run", "--steps", 1, *TINY]
     r = sagan_inproc(capsys, *args, "--train.batch_size", 32)
@@ -228,6 +187,13 @@ def test_finished_run_says_so_and_exported_files_are_not_checkpoints(trained, ca
     assert r.returncode == 0 and "already trained" in r.stderr and "done" not in r.stderr
     r = sagan_inproc(capsys, "sample", root / "run", "--truncation", 0)
     assert r.returncode == 2 and "--truncation must be positive" in r.stderr
+    exported = root / "for_eval.safetensors"
+    assert sagan_inproc(capsys, "export", root / "run", "--out", exported).returncode == 0
+    for verb in ("eval", "export"):  # they need checkpoints; an export holds only G
+        r = sagan_inproc(capsys, verb, exported, *(["--out", root / "x.safetensors"] if verb == "export" else []))
+        assert r.returncode == 2 and "is an exported generator, not a checkpoint" in r.stderr
+    r = sagan_inproc(capsys, "sample", exported, "--raw")
+    assert r.returncode == 2 and "exported files hold only the EMA generator" in r.stderr
 
 
 def test_speed_shorthands_set_the_train_keys(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """DistributedDataParallel training under torchrun: two gloo processes on the CPU."""
 
+import json
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ def _max_diff(a, b):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from conftest import write_class_folder
+    from helpers import write_class_folder
 
     root = tmp_path_factory.mktemp("ddp")
     data = write_class_folder(root / "shapes", per_class=64)
@@ -83,7 +84,7 @@ def _children(pid):
 def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     """Preemption under torchrun: a signal reaching only rank 1 is voted on at every step, both
     ranks stop after the same step, rank 0 saves, and the next launch resumes from there."""
-    from conftest import write_class_folder
+    from helpers import write_class_folder
 
     data = write_class_folder(tmp_path / "shapes", per_class=24)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -97,8 +98,11 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.2)
-    rank1 = [pid for pid, env in _children(proc.pid).items() if env.get("RANK") == "1"]
+    children = _children(proc.pid)
+    rank1 = [pid for pid, env in children.items() if env.get("RANK") == "1"]
     assert len(rank1) == 1
+    rank0 = [pid for pid, env in children.items() if env.get("RANK") == "0"]
+    assert json.loads((tmp_path / "run" / ".lock").read_text())["pid"] == rank0[0]  # rank 0 holds the lock
     os.kill(rank1[0], signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
@@ -116,13 +120,14 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "resuming from" in run.stderr and f"(step {step:,})" in run.stderr
     assert torch.load(tmp_path / "run" / "checkpoints" / f"ckpt_{step + 2:08d}.pt", weights_only=True)["step"] == step + 2
+    assert not (tmp_path / "run" / ".lock").exists()  # released at the end
 
 
 _UNSHARED = r"""
 import os, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from test_training import tiny_config
+from helpers import tiny_config
 from sagan.console import UserError
 from sagan.distributed import cleanup
 from sagan.training import Trainer
@@ -143,10 +148,10 @@ finally:
 def test_ranks_that_resume_from_different_steps_stop_with_a_clear_error(tmp_path):
     """A run directory that one node cannot see would let that node start over while rank 0
     resumes; their loops would drift until a collective hangs. Both stop at once instead."""
-    from conftest import write_class_folder
+    from helpers import write_class_folder
 
     from sagan.training import Trainer
-    from test_training import tiny_config
+    from helpers import tiny_config
 
     data = write_class_folder(tmp_path / "shapes", per_class=16)
     Trainer(tiny_config(data, steps=2, ckpt_every=1000), tmp_path / "runs" / "shared", device="cpu",

@@ -10,13 +10,13 @@ import time
 import pytest
 import torch
 
-from conftest import write_class_folder
+from helpers import write_class_folder
 from sagan.checkpoints import CheckpointManager, load_checkpoint
 from sagan.console import UserError
 from sagan.gan import GANState
 from sagan.training import Trainer, TrainingDiverged
-from test_cli import TINY, sagan_inproc
-from test_training import tiny_config
+from helpers import TINY, sagan_inproc
+from helpers import tiny_config
 
 # Train through the real CLI, with every fsync slowed down so that checkpoint writes take long
 # enough to be hit by a kill.

@@ -53,7 +53,7 @@ def test_truncated_seed_latents_stay_within_the_threshold_and_match_sampling():
 
 
 def test_interpolate_command_writes_a_strip_and_a_looping_gif(trained_run, tmp_path, capsys):
-    from test_cli import sagan_inproc
+    from helpers import sagan_inproc
 
     out = tmp_path / "interp"
     r = sagan_inproc(capsys, "interpolate", trained_run, "--seeds", "0", "1", "--steps", "4", "--out", out)
@@ -69,7 +69,7 @@ def test_interpolate_command_writes_a_strip_and_a_looping_gif(trained_run, tmp_p
 
 
 def test_interpolate_rejects_a_non_positive_frame_rate_before_writing(trained_run, tmp_path, capsys):
-    from test_cli import sagan_inproc
+    from helpers import sagan_inproc
 
     r = sagan_inproc(capsys, "interpolate", trained_run, "--fps", "0", "--out", tmp_path / "i")
     assert r.returncode == 2 and "--fps must be positive" in r.stderr and not (tmp_path / "i").exists()

@@ -9,7 +9,7 @@ import torch
 
 from sagan import metrics
 from sagan.console import UserError
-from standin import StandIn
+from helpers import StandIn
 
 
 def _fd_reference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -162,7 +162,7 @@ def test_inception_extractor_wiring_with_random_weights(tmp_path, monkeypatch):
 _SHARDED = r"""
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
-from standin import StandIn
+from helpers import StandIn
 from sagan import metrics
 from sagan.data import open_dataset
 from sagan.distributed import init_from_env, cleanup, rank_world
@@ -278,3 +278,55 @@ def test_truncation_sweep_scores_each_threshold_and_plots_the_trade_off(trained_
     plots = sorted((trained_run / "eval").glob("truncation_sweep_*.png"))
     assert len(plots) == 1 and plots[0].with_suffix(".json").exists()
     assert Image.open(plots[0]).size[0] > 300
+
+
+def _random_inception_file(path, seed):
+    torch.manual_seed(seed)
+    net = metrics.inception_network(None)  # random init, the real file's keys and shapes
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_reference_statistics_are_keyed_to_the_inception_weights(tmp_path):
+    """Scoring with another weights file must not reuse statistics cached with the first: two
+    weights files, one cache, two different FIDs (and each equals a fresh computation)."""
+    from sagan.data import open_dataset
+    from sagan.models import Generator
+
+    from helpers import write_class_folder
+
+    data = open_dataset(write_class_folder(tmp_path / "d", per_class=6), 32, 3, progress=False)
+    G = Generator(32, ch=8, z_dim=8, num_classes=2, attn=[16]).eval()
+    a, b = (metrics.InceptionExtractor(_random_inception_file(tmp_path / f"w{s}.pth", s)) for s in (1, 2))
+    assert a.name != b.name and a.name.startswith("tf-inception-v3-compat:")
+    fid_a = metrics.evaluate_generator(G, data, n=12, extractor=a, batch_size=12, progress=False)
+    fid_b = metrics.evaluate_generator(G, data, n=12, extractor=b, batch_size=12, progress=False)
+    assert not fid_b["reference_cached"]  # b's reference features were computed with b
+    assert fid_a["fid"] != pytest.approx(fid_b["fid"], rel=1e-3)
+    again = metrics.evaluate_generator(G, data, n=12, extractor=b, batch_size=12, progress=False)
+    assert again["reference_cached"] and again["fid"] == pytest.approx(fid_b["fid"], rel=1e-9)
+    assert len(list((metrics.cache_dir() / "reference").glob("*.pt"))) == 2
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {os.environ['PWNED_MARKER']}",))
+
+
+def test_a_crafted_or_garbage_inception_weights_file_runs_no_code_and_is_one_line(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("PWNED_MARKER", str(marker))
+    evil = tmp_path / "evil.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": _RunsCode()}, evil)
+    with pytest.raises(UserError, match="not a TF-Inception weights file that loads safely") as e:
+        metrics.InceptionExtractor(evil)
+    assert not marker.exists() and "\n" not in str(e.value)
+    (tmp_path / "garbage.pth").write_bytes(b"\x00\x01 not a weights file" * 100)
+    with pytest.raises(UserError, match="loads safely"):
+        metrics.InceptionExtractor(tmp_path / "garbage.pth")
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="do not fit the TF-Inception network") as e:
+        metrics.InceptionExtractor(tmp_path / "other.pth")
+    assert "\n" not in str(e.value)

@@ -34,12 +34,22 @@ def test_attention_sits_at_the_requested_feature_maps(res, g_attn, d_attn):
         assert sorted(seen) == sorted(attn)
 
 
-def test_default_attention_is_half_resolution_at_most_64():
-    for res, where in ((32, 16), (64, 32), (128, 64), (256, 64)):
-        g = [m for m in Generator(res, ch=8, z_dim=8).modules() if isinstance(m, SelfAttention2d)]
-        assert len(g) == 1, res
-    g128 = Generator(128, ch=8, z_dim=8)
-    assert isinstance(g128.blocks[3][1], SelfAttention2d)  # after the block that outputs 64x64
+def _attention_sizes(net, *inputs):
+    """The feature-map sizes every self-attention layer of ``net`` sees in one forward."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[-1]))
+             for m in net.modules() if isinstance(m, SelfAttention2d)]
+    net.eval()(*inputs)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("res,where", [(32, 16), (64, 32), (128, 64), (256, 64)])
+def test_default_attention_is_half_resolution_at_most_64(res, where):
+    G, D = Generator(res, ch=8, z_dim=8), Discriminator(res, ch=8)
+    assert _attention_sizes(G, torch.randn(1, 8)) == [where]
+    assert _attention_sizes(D, torch.randn(1, 3, res, res)) == [where]
 
 
 def test_unsupported_resolution_and_attention_are_clear_errors():
@@ -131,14 +141,22 @@ def test_every_conv_and_linear_is_spectral_normalised_and_g_embeddings_are_not()
     assert all(hasattr(m, "parametrizations") for m in G_sn.modules() if isinstance(m, torch.nn.Embedding))
 
 
-def test_shared_embedding_variant_builds_and_conditions():
+def test_shared_embedding_variant_conditions_through_one_plus_a_linear_map():
     G = Generator(32, ch=8, z_dim=8, num_classes=5, shared_dim=16)
     assert G.shared.weight.shape == (5, 16)
     assert not hasattr(G.shared, "parametrizations")  # BigGAN: shared embedding without SN ...
-    assert hasattr(G.blocks[0][0].bn1.gain, "parametrizations")  # ... its gain/bias linears with SN
-    z = torch.randn(2, 8)
-    G.train()
-    assert G(z, torch.tensor([0, 4])).shape == (2, 3, 32, 32)
+    bn = G.blocks[0][0].bn1
+    assert hasattr(bn.gain, "parametrizations")  # ... its gain/bias linears with SN
+    with torch.no_grad():
+        G.shared.weight.normal_()
+        x, y = torch.randn(2, bn.num_features, 4, 4), torch.tensor([0, 4])
+        e = G.shared.weight[y]
+        ref = F.batch_norm(x, None, None, training=True, eps=1e-5)
+        ref = ref * (1 + e @ bn.gain.weight.T).view(2, -1, 1, 1) + (e @ bn.bias.weight.T).view(2, -1, 1, 1)
+        assert torch.allclose(bn(x, e), ref, atol=1e-5)
+        z = torch.randn(1, 8).expand(2, -1)
+        out = G.eval()(z, y)
+        assert not torch.allclose(out[0], out[1], atol=1e-3)  # the same z, two classes: two images
 
 
 def test_sample_is_reproducible_and_respects_classes():

@@ -46,7 +46,7 @@ def test_read_metrics_skips_a_line_cut_short_by_a_crash(tmp_path):
 
 
 def test_report_command_refuses_to_overwrite_and_non_runs(trained_run, tmp_path, capsys):
-    from test_cli import sagan_inproc
+    from helpers import sagan_inproc
 
     out = tmp_path / "r.html"
     assert sagan_inproc(capsys, "report", trained_run, "--out", out, "--no_attention").returncode == 0

@@ -29,7 +29,7 @@ def test_compiled_training_matches_eager_training(tiny_folder, tmp_path):
     against how far the weights moved."""
     import torch
 
-    from test_training import tiny_config
+    from helpers import tiny_config
     from sagan.training import Trainer
 
     runs = {}

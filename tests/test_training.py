@@ -5,48 +5,7 @@ from sagan.config import RunConfig, load_preset
 from sagan.console import UserError
 from sagan.training import Trainer
 
-
-def tiny_config(data, steps=4, **train) -> RunConfig:
-    cfg = RunConfig(data=str(data), steps=steps)
-    m = cfg.model
-    m.resolution, m.z_dim, m.g_ch, m.d_ch, m.g_attn, m.d_attn = 32, 8, 4, 4, [16], [16]
-    t = cfg.train
-    t.batch_size, t.log_every, t.sample_every, t.ckpt_every, t.ema_start = 8, 1, 2, 2, 0
-    cfg.dataset.workers = 0
-    for k, v in train.items():
-        setattr(t, k, v)
-    return cfg
-
-
-def _buffers_and_params(module):
-    return dict(module.named_buffers()), {k: v.detach().clone() for k, v in module.named_parameters()}
-
-
-def test_ema_averages_parameters_and_copies_spectral_norm_buffers(tiny_folder, tmp_path):
-    tr = Trainer(tiny_config(tiny_folder, ema_decay=0.75, ema_start=0), tmp_path / "run", progress=False)
-    tr.fit()
-    _, ema_before = _buffers_and_params(tr.gan.ema.module)
-    with torch.no_grad():  # move G away from the EMA and refresh its SN vectors with a training forward
-        for p in tr.gan.G.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        tr.gan.G.train()(torch.randn(8, 8), torch.randint(0, 2, (8,)))
-    _, g_params = _buffers_and_params(tr.gan.G)
-    g_buffers = {k: v.clone() for k, v in tr.gan.G.named_buffers()}
-    tr.gan.update_ema()
-    ema_buffers, ema_params = _buffers_and_params(tr.gan.ema.module)
-    for k, p in ema_params.items():  # EMA of parameters: decay * old + (1 - decay) * new
-        assert torch.allclose(p, 0.75 * ema_before[k] + 0.25 * g_params[k], atol=1e-6), k
-    sn_keys = [k for k in g_buffers if k.endswith(("_u", "_v"))]
-    assert len(sn_keys) > 10
-    for k in g_buffers:  # buffers (SN u/v, BN stats) are copied, never averaged
-        assert torch.equal(ema_buffers[k], g_buffers[k]), k
-
-
-def test_ema_copies_g_before_ema_start(tiny_folder, tmp_path):
-    tr = Trainer(tiny_config(tiny_folder, steps=2, ema_decay=0.9, ema_start=100), tmp_path / "run", progress=False)
-    tr.fit()
-    for (k, p), q in zip(tr.gan.G.state_dict().items(), tr.gan.ema.module.state_dict().values()):
-        assert torch.equal(p, q), k
+from helpers import StandIn, tiny_config
 
 
 def test_resumed_training_equals_uninterrupted_training(tiny_folder, tmp_path):
@@ -116,8 +75,6 @@ def _eval_records(run):
 
 
 def test_evaluation_during_training_logs_metrics_keeps_best_and_leaves_training_unchanged(tiny_folder, tmp_path):
-    from standin import StandIn
-
     plain = Trainer(tiny_config(tiny_folder, steps=6, ckpt_every=100), tmp_path / "plain", progress=False)
     plain.fit()
     ev = dict(eval_every=2, eval_samples=20, eval_batch_size=8)
@@ -143,8 +100,6 @@ def test_evaluation_during_training_logs_metrics_keeps_best_and_leaves_training_
 
 
 def test_best_fid_survives_resume(tiny_folder, tmp_path):
-    from standin import StandIn
-
     ev = dict(eval_every=2, eval_samples=20, eval_batch_size=8, ckpt_every=2)
     Trainer(tiny_config(tiny_folder, steps=6, **ev), tmp_path / "a", progress=False, extractor=StandIn()).fit()
     Trainer(tiny_config(tiny_folder, steps=4, **ev), tmp_path / "b", progress=False, extractor=StandIn()).fit()
@@ -164,38 +119,6 @@ def test_missing_inception_weights_stop_training_before_it_starts(tiny_folder, t
     with pytest.raises(UserError, match="Inception weights"):
         Trainer(tiny_config(tiny_folder, eval_every=2), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # nothing was written
-
-
-def test_bf16_autocast_runs_convolutions_in_bf16_and_keeps_fp32_weights(tiny_folder, tmp_path):
-    tr = Trainer(tiny_config(tiny_folder, steps=1, precision="bf16"), tmp_path / "run", progress=False)
-    seen = {}
-    first_conv = {"G": next(m for m in tr.gan.G.modules() if isinstance(m, torch.nn.Conv2d)),
-                  "D": next(m for m in tr.gan.D.modules() if isinstance(m, torch.nn.Conv2d))}
-    for net, conv in first_conv.items():
-        conv.register_forward_hook(lambda mod, args, out, net=net: seen.setdefault(net, out.dtype) and None)
-    before = {k: v.clone() for k, v in tr.gan.D.state_dict().items()}
-    tr.fit()
-    assert seen == {"G": torch.bfloat16, "D": torch.bfloat16}
-    for net in (tr.gan.G, tr.gan.D, tr.gan.ema.module):
-        assert all(p.dtype == torch.float32 for p in net.parameters())
-    assert any(not torch.equal(before[k], v) for k, v in tr.gan.D.state_dict().items())  # it trained
-
-
-def test_fp16_grad_scaler_skips_overflowing_steps_and_resumes_its_scale(tiny_folder, tmp_path):
-    tr = Trainer(tiny_config(tiny_folder, steps=1, precision="fp16", ckpt_every=100), tmp_path / "run", progress=False)
-    assert tr.gan.scaler_d.is_enabled() and tr.gan.scaler_g.is_enabled()
-    tr.gan.scaler_d.load_state_dict({**tr.gan.scaler_d.state_dict(), "scale": 8.0})
-    x, y = next(tr.stream)
-    D0 = {k: v.clone() for k, v in tr.gan.D.state_dict().items()}
-    tr.gan.d_step(torch.full_like(x, float("inf")), y)  # every gradient overflows: no update, scale halved
-    assert tr.gan.scaler_d.get_scale() == 4.0
-    assert all(torch.equal(D0[k], v) for k, v in tr.gan.D.state_dict().items() if "original" in k)
-    tr.gan.d_step(x, y)
-    assert tr.gan.scaler_d.get_scale() == 4.0  # grows only after growth_interval good steps
-    assert any(not torch.equal(D0[k], v) for k, v in tr.gan.D.state_dict().items() if "original" in k)
-    tr.save_checkpoint()
-    resumed = Trainer(tiny_config(tiny_folder, steps=1, precision="fp16", ckpt_every=100), tmp_path / "run", progress=False)
-    assert resumed.gan.scaler_d.get_scale() == 4.0
 
 
 def test_a_signal_echoed_within_the_grace_period_is_ignored_and_a_later_one_interrupts(monkeypatch):

@@ -13,6 +13,7 @@ for Inception (``extractor=``), which is how the tests run offline.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -89,18 +90,71 @@ def resolve_inception_weights(path: str | os.PathLike | None = None, download: b
     return _hub_path()
 
 
-class InceptionExtractor:
-    """TF-Inception features through torch-fidelity: ``(pool 2048-d, logits 1008-d)``."""
+class _TorchLoading:
+    """``torch`` as torch-fidelity's Inception module sees it while being built: its ``load``
+    returns the state dict that :func:`read_inception_weights` already checked, so that the
+    weights file is never unpickled with ``weights_only=False``."""
 
-    name = "tf-inception-v3-compat"
+    def __init__(self, state: dict | None):
+        self._state = state
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def load(self, *args, **kwargs):
+        return self._state
+
+
+def read_inception_weights(path: Path) -> tuple[dict, str]:
+    """The weights file as a plain state dict of tensors (no code can run while it loads) and the
+    sha256 of its bytes, which names the extractor in cached statistics."""
+    import io
+
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read the Inception weights {path} ({e.strerror or e})") from None
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a TF-Inception weights file that loads safely ({type(e).__name__}); "
+                        f"download {WEIGHTS_FILE} again") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a state dict of tensors; download {WEIGHTS_FILE} again")
+    return state, hashlib.sha256(blob).hexdigest()
+
+
+def inception_network(state: dict | None):
+    """torch-fidelity's TF-Inception network holding ``state`` (its keys and shapes checked);
+    None leaves it randomly initialised (for tests)."""
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    patches = [mock.patch.object(fe, "torch", _TorchLoading(state))]
+    if state is None:
+        patches.append(mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None))
+    with contextlib.ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        try:
+            return fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                                  feature_extractor_weights_path="(checked state dict)")
+        except RuntimeError as e:  # load_state_dict: missing or unexpected keys, other shapes
+            first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            raise UserError(f"the Inception weights do not fit the TF-Inception network ({first[:120]}); "
+                            f"download {WEIGHTS_FILE} again") from None
+
+
+class InceptionExtractor:
+    """TF-Inception features through torch-fidelity: ``(pool 2048-d, logits 1008-d)``. Its
+    ``name`` carries the weights' sha256, so statistics cached with other weights are not reused."""
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
         path = resolve_inception_weights(weights)
-        self.net = FeatureExtractorInceptionV3(
-            "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
-        ).to(device).eval()
+        state, digest = read_inception_weights(path)
+        self.name = f"tf-inception-v3-compat:{digest[:16]}"
+        self.net = inception_network(state).to(device).eval()
         self.device = torch.device(device)
 
     @torch.no_grad()

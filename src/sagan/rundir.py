@@ -341,6 +341,8 @@ class RunDir:
 
         if self.config_path.exists():
             try:
+                if self.config_path.stat().st_size == 0:  # a write cut short (older versions)
+                    raise ConfigError(f"{self.config_path} is empty")
                 return load_config(self.config_path)
             except ConfigError as e:
                 found = self.latest_checkpoint(quiet=True)
