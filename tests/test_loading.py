@@ -47,3 +47,77 @@ def test_load_generator_rejects_foreign_files(tmp_path):
     (tmp_path / "run").mkdir()
     with pytest.raises(UserError, match="no checkpoint"):
         load_generator(tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+
+
+def _params(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_fine_tuning_loads_g_d_and_ema_reinitialises_classes_and_freezes_d_blocks(trained_run, tmp_path, capsys):
+    from sagan.training import Trainer
+
+    from helpers import tiny_config, write_class_folder
+
+    source = torch.load(sorted((trained_run / "checkpoints").glob("ckpt_*.pt"))[-1], weights_only=True)
+    new_data = write_class_folder(tmp_path / "three", classes=("a", "b", "c"), per_class=8, seed=5)
+    # the non-saturating loss: D separates these shapes perfectly, and the hinge would give no gradient
+    cfg = tiny_config(new_data, steps=3, ckpt_every=100, freeze_d=2, loss="nonsaturating")
+    cfg.init_from = str(trained_run)
+    tr = Trainer(cfg, tmp_path / "ft", progress=False)
+    said = capsys.readouterr().err
+    assert "initialised from" in said and "G, D and the EMA" in said
+    assert "2 classes there, 3 here: the class embeddings start fresh" in said
+    G0, D0 = _params(tr.gan.G), _params(tr.gan.D)
+    for key, value in D0.items():  # loaded from the source, but for the 3-class projection
+        if key.startswith("embed."):  # fresh: its weight, and the SN vectors that go with it
+            assert value.shape != source["D"][key].shape or not torch.equal(value, source["D"][key]), key
+        else:
+            assert torch.equal(value, source["D"][key]), key
+    assert D0["embed.parametrizations.weight.original"].shape == (3, 16)
+    assert torch.equal(G0["linear.parametrizations.weight.original"],
+                       source["G"]["linear.parametrizations.weight.original"])
+    assert tr.step == 0 and not tr.gan.opt_g.state  # a new run: step 0, fresh optimisers
+    tr.fit()
+    G1, D1 = _params(tr.gan.G), _params(tr.gan.D)
+    frozen = [k for k in D1 if k.startswith(("blocks.0.", "blocks.1.")) and "original" in k]
+    trained = [k for k in D1 if k.startswith(("blocks.2.", "linear.")) and "original" in k]
+    assert frozen and trained
+    assert all(torch.equal(D1[k], D0[k]) for k in frozen)  # FreezeD: the first two blocks keep their weights
+    assert [k for k in trained if torch.equal(D1[k], D0[k])] == []
+    assert not torch.equal(G1["linear.parametrizations.weight.original"], G0["linear.parametrizations.weight.original"])
+    cfg.steps = 3
+    resumed = Trainer(cfg, tmp_path / "ft", progress=False)
+    assert "initialised from" not in capsys.readouterr().err and resumed.step == 3  # a resume is not re-initialised
+
+
+def test_fine_tuning_from_an_exported_generator_starts_d_fresh(trained_run, tmp_path, capsys):
+    from sagan.export import export_generator
+    from sagan.training import Trainer
+
+    from helpers import tiny_config
+
+    exported = export_generator(trained_run, tmp_path / "g.safetensors")
+    cfg = tiny_config(load_generator(trained_run) and trained_run.parent / "shapes", steps=1, ema_start=1000)
+    cfg.init_from = str(exported)
+    tr = Trainer(cfg, tmp_path / "ft", progress=False)
+    assert "G only: D starts fresh" in capsys.readouterr().err
+    z, y = torch.randn(4, 8), torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():
+        ours = tr.gan.ema.module.eval()(z, y)
+        theirs = load_generator(exported)(z, y)
+    assert torch.allclose(ours, theirs, atol=1e-4)  # the exported function, SN vectors re-estimated
+
+
+def test_fine_tuning_another_architecture_is_one_line_naming_the_keys(trained_run, tmp_path):
+    from sagan.training import Trainer
+
+    from helpers import tiny_config
+
+    cfg = tiny_config(trained_run.parent / "shapes", steps=1)
+    cfg.model.g_ch, cfg.init_from = 8, str(trained_run)
+    with pytest.raises(UserError, match=r"another architecture \(model.g_ch: 4 there, 8 here\)") as e:
+        Trainer(cfg, tmp_path / "ft", progress=False)
+    assert "\n" not in str(e.value)

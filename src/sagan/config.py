@@ -130,6 +130,18 @@ class TrainConfig:
     ema_bn_batches: int = 0
     """> 0: re-estimate the saved EMA generator's batch-norm statistics at checkpoint time from
     this many batches of fresh noise (standing statistics; 0: keep the running ones)."""
+    diffaug: str = ""
+    """Differentiable augmentation of every image D sees (real and generated, D and G steps):
+    a comma-separated policy of color, translation, cutout ('': none). For small datasets."""
+    diffaug_target: Optional[float] = None
+    """Adaptive augmentation: adjust the probability of each transform so that E[sign(D(real))]
+    stays near this target (about 0.6; null: always apply, as DiffAugment does)."""
+    diffaug_interval: int = 4
+    """With diffaug_target: adjust the probability every this many steps."""
+    diffaug_kimg: float = 100.0
+    """With diffaug_target: thousands of real images over which the probability can go from 0 to 1."""
+    freeze_d: int = 0
+    """Freeze D's first K blocks (FreezeD, Mo et al. 2020), for fine-tuning with --init_from."""
     channels_last: bool = True
     """Keep activations in channels-last memory layout (faster convolutions on CPU and GPU)."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -176,6 +188,9 @@ class RunConfig:
     """Images: a folder, a zip, a CIFAR python folder or an MNIST IDX folder (null: bundled MNIST demo)."""
     steps: int = 2000
     """Number of generator steps to train for."""
+    init_from: Optional[str] = None
+    """Start a new run from trained weights: a run directory, a checkpoint (.pt: G, D and the
+    EMA) or an exported generator (.safetensors: G only, D starts fresh). Step 0, fresh optimisers."""
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -386,6 +401,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         (min(t.log_every, t.sample_every, t.ckpt_every, t.keep_ckpts) >= 1,
          "train.log_every, sample_every, ckpt_every and keep_ckpts must be >= 1"),
         (t.grid_columns >= 1 and t.grid_max_rows >= 1, "train.grid_columns and train.grid_max_rows must be >= 1"),
+        (t.diffaug_target is None or 0 < t.diffaug_target < 1, "train.diffaug_target must lie in (0, 1) or be null"),
+        (t.diffaug_interval >= 1 and t.diffaug_kimg > 0, "train.diffaug_interval and train.diffaug_kimg must be positive"),
         (t.eval_every >= 0, "train.eval_every must be >= 0 (0 turns evaluation off)"),
         (t.eval_every == 0 or (t.eval_samples >= 2 and t.eval_batch_size >= 1),
          "train.eval_samples must be >= 2 and train.eval_batch_size >= 1"),
@@ -393,6 +410,13 @@ def validate(cfg: RunConfig) -> RunConfig:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    from .augment import parse_policy
+    from .models import D_ARCH
+
+    parse_policy(t.diffaug)
+    blocks = len(D_ARCH[m.resolution].resolution)
+    if not 0 <= t.freeze_d < blocks:
+        raise ConfigError(f"train.freeze_d must lie in 0..{blocks - 1}: D has {blocks} blocks at {m.resolution} px")
     for net, attn, ch in (("g", m.g_attn, m.g_ch), ("d", m.d_attn, m.d_ch)):
         for res in attn:
             c = stage_channels(m.resolution, res, ch, net.upper())
@@ -424,6 +448,8 @@ def complete(cfg: RunConfig, data, workers: int) -> RunConfig:
         m.img_channels = data.channels
     if cfg.data is not None:
         cfg.data = str(resolve_data_path(cfg.data))
+    if cfg.init_from is not None and "://" not in cfg.init_from:
+        cfg.init_from = str(resolve_data_path(cfg.init_from))
     cfg.dataset.workers = workers
     return cfg
 

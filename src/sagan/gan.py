@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from .augment import DiffAugment
 from .config import RunConfig
 from .console import UserError
 from .losses import get_loss
@@ -69,6 +70,10 @@ class GANState:
         self._ema_bn = bn_statistics(self.ema.module)
         if t.sync_bn and world > 1:
             self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
+        for stage in self.D.blocks[: t.freeze_d]:  # FreezeD: D's first blocks keep their weights
+            stage.requires_grad_(False)
+        self._d_trainable = [p for p in self.D.parameters() if p.requires_grad]
+        self.augment = DiffAugment(t.diffaug, self.device, t.diffaug_target, t.diffaug_kimg) if t.diffaug else None
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=t.betas_g, eps=t.adam_eps, **fused)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=t.betas_d, eps=t.adam_eps, **fused)
@@ -127,9 +132,12 @@ class GANState:
         with self.autocast():
             with torch.no_grad():
                 fake = self.G_fake(z, yf).to(x.dtype)
+            real_in, fake_in = (self._augment(x), self._augment(fake)) if self.augment else (x, fake)
             # one D forward on cat(real, fake): valid because D has no batch-dependent layers
-            logits = self.D_train(torch.cat([x, fake]), torch.cat([y, yf]) if cond else None)
+            logits = self.D_train(torch.cat([real_in, fake_in]), torch.cat([y, yf]) if cond else None)
         real_l, fake_l = logits.float().split([x.shape[0], fake.shape[0]])
+        if self.augment:
+            self.augment.observe(real_l)
         loss = self.d_loss_fn(real_l, fake_l)
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler_d.scale(loss).backward()
@@ -140,16 +148,22 @@ class GANState:
     def g_step(self) -> torch.Tensor:
         """One G update; returns the loss, unsynchronised."""
         z, yf = self.noise(self.cfg.train.batch_size)
-        self.D.requires_grad_(False)
+        for p in self._d_trainable:
+            p.requires_grad_(False)
         with self.autocast():
-            logits = self.D_frozen(self.G_train(z, yf), yf)
+            fake = self.G_train(z, yf)
+            logits = self.D_frozen(self._augment(fake) if self.augment else fake, yf)
         loss = self.g_loss_fn(logits.float())
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler_g.scale(loss).backward()
         self.scaler_g.step(self.opt_g)
         self.scaler_g.update()
-        self.D.requires_grad_(True)
+        for p in self._d_trainable:
+            p.requires_grad_(True)
         return loss.detach()
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        return self.augment(images, self.rank, self.world)
 
     def train_iteration(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> tuple[StepStats, int]:
         """``n_dis`` D steps on real batches from ``batches``, one G step, the EMA update.
@@ -163,6 +177,8 @@ class GANState:
         g_loss = self.g_step()
         self.step += 1
         self.update_ema()
+        if self.augment and self.step % self.cfg.train.diffaug_interval == 0:
+            self.augment.adjust()  # adaptive probability (a no-op without train.diffaug_target)
         return StepStats(d_loss, g_loss, d_real, d_fake), imgs
 
     def update_ema(self) -> None:
@@ -219,6 +235,8 @@ class GANState:
             "scaler_g": self.scaler_g.state_dict(),
             "scaler_d": self.scaler_d.state_dict(),
         }
+        if self.augment:
+            state["augment"] = self.augment.state_dict()
         sampler = self.sampling_generator()
         if sampler is not self.ema.module:  # samplers get the standing statistics, resume the running ones
             state["G_ema_running_bn"] = {k: v for k, v in state["G_ema"].items() if k.endswith(_BN_KEYS)}
@@ -235,6 +253,8 @@ class GANState:
         for key, scaler in (("scaler_g", self.scaler_g), ("scaler_d", self.scaler_d)):
             if state.get(key) and scaler.is_enabled():  # empty when saved without fp16
                 scaler.load_state_dict(state[key])
+        if self.augment and "augment" in state:
+            self.augment.load_state_dict(state["augment"])
         self.step = int(state["step"])
 
 

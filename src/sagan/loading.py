@@ -79,3 +79,110 @@ def load_networks(path: str | os.PathLike, device: str | torch.device = "cpu",
     G = generator_from_checkpoint(state, ema).to(device).eval()
     D = discriminator_from_checkpoint(state).to(device).eval()
     return G, D, {"step": int(state["step"]), "checkpoint": str(ckpt), "config": state["config"]}
+
+
+# ------------------------------------------------------------------------------ fine-tuning
+
+
+def _plain_to_parametrized(model: torch.nn.Module, plain: dict) -> dict:
+    """Keys of an exported (SN-baked) state dict renamed for a spectral-normalised ``model``."""
+    from torch.nn.utils import parametrize
+
+    out = dict(plain)
+    for name, m in model.named_modules():
+        if parametrize.is_parametrized(m, "weight"):
+            key = f"{name}.weight" if name else "weight"
+            if key in out:
+                out[f"{name}.parametrizations.weight.original"] = out.pop(key)
+    return out
+
+
+@torch.no_grad()
+def _refresh_spectral_vectors(model: torch.nn.Module, iterations: int = 15) -> None:
+    """Re-estimate every SN layer's u and v for its (new) weight, as at construction."""
+    from torch.nn.utils import parametrize
+
+    for m in model.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            sn = m.parametrizations.weight[0]
+            sn._power_method(sn._reshape_weight_to_matrix(m.parametrizations.weight.original), iterations)
+
+
+def _source_state(source: str | os.PathLike) -> tuple[dict, dict, str]:
+    """(config dict, {"G", "D", "G_ema"} state dicts it has, description) of a run, a checkpoint
+    or an exported generator (whose G, the EMA one, has SN baked in: key "G_plain")."""
+    path = expand(source)
+    if path.suffix == ".safetensors":
+        if not path.exists():
+            raise UserError(f"--init_from {path} does not exist")
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if "config" not in meta:
+            raise UserError(f"{path} was not exported by sagan (no config in its metadata)")
+        return (json.loads(meta["config"]), {"G_plain": load_file(str(path))},
+                f"the exported generator {path.name} (G only: D starts fresh)")
+    ckpt, state = resolve_checkpoint(path)
+    return state["config"], {k: state[k] for k in ("G", "D", "G_ema")}, f"{ckpt} (step {int(state['step']):,}: G, D and the EMA)"
+
+
+def _fit_state(target: dict, source: dict, classes: tuple[int, int], where: str) -> tuple[dict, list[str]]:
+    """``source`` restricted to what fits ``target``: class-dependent tensors (first dimension the
+    old class count in the source, the new one in the target) are left to their fresh values."""
+    old_k, new_k = classes
+    out, reinit = {}, []
+    for key, value in target.items():
+        if key not in source and key.endswith(("._u", "._v")):
+            continue  # an exported generator has no SN vectors: estimated after loading
+        if key not in source:
+            raise UserError(f"--init_from: {where} has no {key}; the architectures differ")
+        src = source[key]
+        if src.shape == value.shape:
+            out[key] = src
+        elif src.ndim and value.ndim and src.shape[0] == old_k and value.shape[0] == new_k and src.shape[1:] == value.shape[1:]:
+            reinit.append(key)
+        else:
+            raise UserError(f"--init_from: {key} is {tuple(src.shape)} in {where} but {tuple(value.shape)} here")
+    # a re-initialised layer keeps all its fresh tensors (SN's u and v belong to its new weight)
+    layers = {k.split("parametrizations.")[0] if "parametrizations." in k else k.rsplit(".", 1)[0] + "." for k in reinit}
+    for key in [k for k in out if any(k.startswith(layer) for layer in layers)]:
+        del out[key]
+        reinit.append(key)
+    return out, reinit
+
+
+def initialise_from(gan, source: str | os.PathLike) -> str:
+    """Load trained weights into a fresh :class:`~sagan.gan.GANState` for fine-tuning: G, D and
+    the EMA where the source has them. The architectures must match; with another class count
+    the class embeddings keep their fresh initialisation. Returns what was loaded, in words."""
+    cfg_dict, states, what = _source_state(source)
+    src_model = config_from_dict(cfg_dict, f"--init_from {source}").model
+    mine = gan.cfg.model
+    skip = {"num_classes"}
+    diff = [f"model.{k}: {getattr(src_model, k)!r} there, {getattr(mine, k)!r} here"
+            for k in mine.__dataclass_fields__ if k not in skip and getattr(src_model, k) != getattr(mine, k)]
+    if diff:
+        raise UserError(f"--init_from {source} has another architecture ({'; '.join(diff[:4])}); "
+                        "fine-tuning needs the same model settings (num_classes may differ)")
+    if bool(src_model.num_classes) != bool(mine.num_classes):
+        raise UserError("--init_from: a conditional and an unconditional model cannot be fine-tuned into each other")
+    classes = (src_model.num_classes, mine.num_classes)
+    plain = "G_plain" in states
+    if plain:
+        states = {"G": _plain_to_parametrized(gan.G, states["G_plain"])}
+        states["G_ema"] = states["G"]
+    reinit = []
+    for key, module in (("G", gan.G), ("D", gan.D), ("G_ema", gan.ema.module)):
+        if key in states:
+            fitted, fresh = _fit_state(module.state_dict(), states[key], classes, str(source))
+            module.load_state_dict(fitted, strict=False)
+            reinit += [f"{key}.{k}" for k in fresh]
+    if plain:
+        _refresh_spectral_vectors(gan.G)
+        _refresh_spectral_vectors(gan.ema.module)
+    if reinit:
+        what += (f"; {classes[0]} classes there, {classes[1]} here: the class embeddings start fresh "
+                 f"({len(reinit)} tensors)")
+    return what

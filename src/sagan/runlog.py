@@ -20,7 +20,8 @@ __all__ = ["RunLog", "JsonlSink", "TensorBoardSink"]
 
 # TensorBoard tags of the record keys (gamma/... keys keep their own names)
 TB_TAGS = {"d_loss": "loss/d_loss", "g_loss": "loss/g_loss", "d_real": "D/real", "d_fake": "D/fake",
-           "img_per_s": "speed/img_per_s", "lr_g": "lr/G", "lr_d": "lr/D"}
+           "img_per_s": "speed/img_per_s", "lr_g": "lr/G", "lr_d": "lr/D", "aug_p": "augment/p",
+           "aug_rt": "augment/r_t", "loss_scale_g": "loss_scale/G", "loss_scale_d": "loss_scale/D"}
 TB_EVAL_TAGS = {"fid": "eval/FID", "is": "eval/IS", "kid": "eval/KID", "intra_fid": "eval/intra_FID",
                 "best_fid": "eval/best_FID"}
 

@@ -25,11 +25,12 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoints import CheckpointManager
-from .config import RunConfig, check_same_run, complete, config_diff, config_from_dict, config_to_dict, copy_config, validate
+from .config import RunConfig, check_same_run, complete, config_from_dict, config_to_dict, copy_config, validate
 from .console import UserError, info
 from .data import BatchStream, ImageData, default_workers, open_dataset
 from .gan import GANState, StepStats, TrainingDiverged
 from .images import grid_inputs
+from .loading import initialise_from
 from .models import attention_gammas, eval_mode
 from .rundir import RunDir
 from .runlog import RunLog
@@ -80,13 +81,16 @@ class Trainer:
                                          cfg.dataset.cache, cfg.dataset.workers, progress=self.progress)
         workers = cfg.dataset.workers if cfg.dataset.workers >= 0 else default_workers()
         self.cfg = cfg = complete(cfg, self.data, workers)
-        if not overwrite and self.run.has_checkpoints():
-            check_same_run(self.run.saved_config(), cfg, str(self.run))
+        self.ckpts = CheckpointManager(self.run.checkpoints, t.keep_ckpts)
+        found = None if overwrite else self.ckpts.latest(map_location=self.device, set_aside=self.main)
+        if found is not None:  # the run's own record of what it is: its newest readable checkpoint
+            check_same_run(config_from_dict(found[1]["config"], str(found[0])), cfg, str(self.run))
         self.evaluator = TrainingEval(cfg, self.data, self.device, extractor, self.progress) if t.eval_every else None
         self.gan = GANState(cfg, self.device, self.rank, self.world)
+        if cfg.init_from and found is None:  # a new run from trained weights (a resumed one has its own)
+            info(f"initialised from {initialise_from(self.gan, cfg.init_from)}")
         self.stream = BatchStream(self.data, t.batch_size, t.seed, cfg.dataset.flip, self.device,
                                   rank=self.rank, world=self.world, workers=workers)
-        self.ckpts = CheckpointManager(self.run.checkpoints, t.keep_ckpts)
         self.best_fid, self.steps_run, self.stopped_by = math.inf, 0, None
         # everything is checked and built: only now touch the run directory, from rank 0 alone
         distributed.barrier()  # every rank has checked the directory before rank 0 changes it
@@ -99,7 +103,7 @@ class Trainer:
             for p in self.ckpts.remove_stale_temporaries():
                 info(f"removed {p.name}, left by an interrupted checkpoint write")
         distributed.barrier()
-        self._resume()
+        self._resume(found)
 
     @property
     def step(self) -> int:
@@ -125,15 +129,10 @@ class Trainer:
         self.stream.load_state_dict(state["data"])
         self.best_fid = float(state.get("best_fid", math.inf))
 
-    def _resume(self) -> None:
-        found = self.ckpts.latest(map_location=self.device, set_aside=self.main)
+    def _resume(self, found: tuple[Path, dict] | None) -> None:
         if found is not None:
-            path, state = found
-            diff = config_diff(config_from_dict(state["config"], str(path)), self.cfg)
-            if diff:
-                raise UserError(f"checkpoint {path} comes from a different config ({'; '.join(diff[:5])})")
-            self.load_state_dict(state)
-            info(f"resuming from {path} (step {self.step:,})")
+            self.load_state_dict(found[1])
+            info(f"resuming from {found[0]} (step {self.step:,})")
         # every rank must resume from the same step: otherwise some nodes cannot see the run
         # directory rank 0 writes, and their loops would drift apart until a collective hangs
         hi, neg_lo = distributed.all_max([self.step, -self.step])
@@ -211,6 +210,10 @@ class Trainer:
             raise TrainingDiverged(f"training diverged at step {self.step}: {what} is NaN/Inf (d_loss {rec['d_loss']}, "
                                    f"g_loss {rec['g_loss']}); the last good checkpoint is kept (try lower learning rates)")
         rec["lr_g"], rec["lr_d"] = self.gan.opt_g.param_groups[0]["lr"], self.gan.opt_d.param_groups[0]["lr"]
+        if self.gan.augment is not None:
+            rec["aug_p"] = self.gan.augment.p
+            if self.gan.augment.last_rt is not None:
+                rec["aug_rt"] = self.gan.augment.last_rt
         if self.cfg.train.precision == "fp16":
             rec["loss_scale_g"], rec["loss_scale_d"] = self.gan.scaler_g.get_scale(), self.gan.scaler_d.get_scale()
         if self.main:
