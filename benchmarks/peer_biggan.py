@@ -47,9 +47,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name  # noqa: E402
 
-from sagan.config import config_from_dict, load_config, load_preset, config_to_dict  # noqa: E402
+from sagan.config import complete, config_from_dict, config_to_dict, load_config, load_preset  # noqa: E402
 from sagan.data import BatchStream, open_dataset  # noqa: E402
-from sagan.sampling import to_uint8  # noqa: E402
+from sagan.images import to_uint8  # noqa: E402
 
 
 def import_biggan(path: Path):
@@ -177,22 +177,19 @@ def parameter_count(m: nn.Module) -> int:
 
 def time_both(bg, cfg, data, iters: int, sn_eps: float) -> dict:
     """Median seconds per iteration of each, alternating in one process."""
-    import tempfile
-
-    from sagan.training import Trainer
+    from sagan.gan import GANState
 
     peer = Peer(bg, cfg, 0, sn_eps, data)
-    with tempfile.TemporaryDirectory() as tmp:
-        ours = Trainer(cfg, Path(tmp) / "run", device="cpu", data=data, progress=False)
-        ours.G.train()
-        ours.D.train()
-        times = {"torch-sagan": [], "BigGAN-PyTorch": []}
-        for i in range(iters + 5):
-            for name, fn in (("torch-sagan", ours.train_iteration), ("BigGAN-PyTorch", peer.step)):
-                t0 = time.perf_counter()
-                fn()
-                if i >= 5:  # warm-up
-                    times[name].append(time.perf_counter() - t0)
+    ours = GANState(cfg, torch.device("cpu"))
+    ours.train()
+    batches = BatchStream(data, cfg.train.batch_size, 0, cfg.dataset.flip, "cpu")
+    times = {"torch-sagan": [], "BigGAN-PyTorch": []}
+    for i in range(iters + 5):
+        for name, fn in (("torch-sagan", lambda: ours.train_iteration(batches)), ("BigGAN-PyTorch", peer.step)):
+            t0 = time.perf_counter()
+            fn()
+            if i >= 5:  # warm-up
+                times[name].append(time.perf_counter() - t0)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     return {"seconds_per_iter": med, "ratio_biggan_over_ours": med["BigGAN-PyTorch"] / med["torch-sagan"],
             "iters": iters, "device": device_name(), "torch": torch.__version__,
@@ -216,9 +213,7 @@ def resolve_config(args):
     if args.steps is not None:
         cfg.steps = args.steps
     data = open_dataset(cfg.data, cfg.model.resolution, cfg.model.img_channels, cfg.dataset.split, progress=False)
-    cfg.model.num_classes = data.num_classes if cfg.model.num_classes is None else cfg.model.num_classes
-    cfg.model.img_channels = cfg.model.img_channels or data.channels
-    return cfg, data
+    return complete(cfg, data, workers=0), data
 
 
 def main() -> None:

@@ -770,3 +770,101 @@ def test_lazy_unreadable_images_get_one_counted_warning_per_epoch(tmp_path, caps
     assert err.count("warning:") == 1 and "skipped 2 unreadable images" in err
     next(stream)
     assert "warning" not in capsys.readouterr().err  # the same files are not reported again
+
+
+# ---------------------------------------------------------------------------- hostile and careless input
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {os.environ['PWNED_MARKER']}",))
+
+
+def test_a_crafted_cifar_batch_runs_no_code_and_is_one_line(cifar_dir, tmp_path, monkeypatch):
+    d, _, _ = cifar_dir
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("PWNED_MARKER", str(marker))
+    with open(d / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": _RunsCode(), b"labels": [1]}, f)
+    with pytest.raises(UserError, match=r"data_batch_3 is not a CIFAR batch: it refers to posix.system") as e:
+        open_(d, resolution=32)
+    assert not marker.exists() and "\n" not in str(e.value)
+    with open(d / "data_batch_3", "wb") as f:  # damaged, not malicious: one line as well
+        f.write(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2]})[:40])
+    with pytest.raises(UserError, match="data_batch_3 is not a readable CIFAR batch"):
+        open_(d, resolution=32)
+
+
+def test_a_truncated_cifar_archive_is_one_line(cifar_dir, tmp_path):
+    d, _, _ = cifar_dir
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(d, arcname=d.name)
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(UserError, match="truncated or damaged"):
+        open_(archive, resolution=32)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty gz", "labels out of range"])
+def test_damaged_mnist_files_are_one_line(mnist_dir, damage):
+    d, _ = mnist_dir
+    images, labels = d / "t10k-images-idx3-ubyte.gz", d / "t10k-labels-idx1-ubyte.gz"
+    if damage == "truncated":
+        blob = gzip.decompress(images.read_bytes())
+        images.write_bytes(gzip.compress(blob[: len(blob) - 10]))
+        message = "is truncated"
+    elif damage == "empty gz":
+        images.write_bytes(b"")
+        message = "empty or truncated"
+    else:
+        y = np.frombuffer(gzip.decompress(labels.read_bytes())[8:], np.uint8).copy()
+        y[0] = 12
+        write_idx(labels, y)
+        message = "labels from .* to 12, outside 0..9"
+    with pytest.raises(UserError, match=message) as e:
+        open_(d, resolution=28, split="test")
+    assert "\n" not in str(e.value)
+
+
+def test_a_symlink_loop_is_skipped_with_one_counted_warning(tmp_path, capsys):
+    root = tmp_path / "d"
+    for c in ("a", "b"):
+        write_image(root / c / "x.png", solid((10, 20, 30)))
+    (root / "a" / "again").symlink_to(root, target_is_directory=True)  # a -> d -> a -> ...
+    (root / "b" / "self").symlink_to(root / "b", target_is_directory=True)
+    data = open_(root)
+    assert len(data) == 2 and data.class_names == ["a", "b"]
+    assert "skipped 2 symbolic links" in capsys.readouterr().err
+
+
+def test_zip_entries_with_absolute_or_parent_paths_are_skipped_not_made_classes(tmp_path, capsys):
+    z = tmp_path / "d.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for c in ("cat", "dog"):
+            zf.writestr(f"{c}/1.png", png_bytes(solid((1, 2, 3))))
+        zf.writestr("/etc/evil.png", png_bytes(solid((9, 9, 9))))
+        zf.writestr("../up.png", png_bytes(solid((9, 9, 9))))
+    data = open_(z)
+    assert data.class_names == ["cat", "dog"] and len(data) == 2
+    assert "skipped 1 entry" in capsys.readouterr().err and "/etc/evil.png" not in str(data._names)
+
+
+def test_float_tiffs_are_scaled_not_black(tmp_path):
+    a = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(a, mode="F").save(tmp_path / "f.tif")
+    Image.fromarray(a * 255.0, mode="F").save(tmp_path / "g.tif")
+    data = open_(tmp_path, channels=1)
+    for img in data.images:
+        assert img.max() == 255 and img.min() == 0
+        assert abs(int(img[0, 4, 4]) - round(a[4, 4] * 255)) <= 1
+
+
+def test_scoring_a_folder_of_mixed_sizes_says_which_size_it_picks(tmp_path, capsys):
+    from sagan.data import peek_resolution
+
+    write_image(tmp_path / "a.png", solid((1, 2, 3), (32, 32)))
+    write_image(tmp_path / "b.png", solid((1, 2, 3), (64, 64)))
+    assert peek_resolution(tmp_path) == 32
+    assert "several sizes (shorter sides 32 px, 64 px" in capsys.readouterr().err

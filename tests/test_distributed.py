@@ -15,13 +15,32 @@ SCRIPT = Path(__file__).parent / "ddp_script.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _run(data, out, mode, batch, steps, world):
+def _run(data, out, mode, batch, steps, world, nodes=1):
     cmd = [sys.executable, str(SCRIPT), str(data), str(out), mode, str(batch), str(steps)]
-    if world > 1:
+    if world > 1 and nodes == 1:
         cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world)]
-    run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    if nodes == 1:
+        run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+    else:  # one torchrun per "node", meeting at a c10d rendezvous on this machine
+        port = _free_port()
+        procs = [subprocess.Popen(cmd[:1] + ["-m", "torch.distributed.run", "--nnodes", str(nodes), "--node_rank",
+                                             str(node), "--nproc_per_node", str(world // nodes), "--rdzv-backend",
+                                             "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "sagan-test"]
+                                  + cmd[1:], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for node in range(nodes)]
+        for p in procs:
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err[-3000:]
     return [torch.load(p, weights_only=True) for p in sorted(out.glob("params.*.pt"))]
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
 
 
 def _max_diff(a, b):
@@ -37,7 +56,18 @@ def runs(tmp_path_factory):
     runs = {(mode, world): _run(data, root / f"{mode}{world}", mode, 32 // world, 3, world)
             for mode in ("manual", "fit") for world in (1, 2)}
     runs[("fit-seed1", 1)] = _run(data, root / "seed1", "fit-seed1", 32, 3, 1)
+    runs[("fit", "2 nodes")] = _run(data, root / "two-nodes", "fit", 16, 3, 2, nodes=2)
     return runs
+
+
+def test_two_nodes_train_into_one_run_exactly_as_one_node_with_two_processes(runs):
+    """Multi-node through torchrun, simulated here: two launches of one process each (node ranks
+    0 and 1, a c10d rendezvous) train together into one run directory and end with the weights
+    of the one-node, two-process run."""
+    (a0, a1), (b0, b1) = runs[("fit", 2)], runs[("fit", "2 nodes")]
+    for net in ("G", "D"):
+        for k in a0[net]:
+            assert torch.equal(a0[net][k], b0[net][k]) and torch.equal(b0[net][k], b1[net][k]), (net, k)
 
 
 @pytest.mark.parametrize("mode", ["manual", "fit"])
@@ -166,3 +196,38 @@ def test_ranks_that_resume_from_different_steps_stop_with_a_clear_error(tmp_path
         error = tmp_path / "runs" / f"error_rank{rank}.txt"
         assert error.exists(), f"rank {rank} did not raise the clear error:\n{run.stdout}\n{run.stderr[-3000:]}"
         assert "the processes resumed from different steps (0 and 2)" in error.read_text()
+
+
+def test_elastic_restart_after_a_rank_is_killed_finishes_with_the_uninterrupted_weights(tmp_path):
+    """torchrun --max-restarts 1: kill -9 one rank mid-run; the group restarts, resumes from the
+    last checkpoint (taking over the dead run's lock) and ends exactly where an uninterrupted run does."""
+    from helpers import write_class_folder
+
+    data = write_class_folder(tmp_path / "shapes", per_class=24)
+
+    def cmd(out, restarts):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "--max-restarts", str(restarts), "-m", "sagan", "train", "--data", str(data), "--out", str(out),
+                "--device", "cpu", "--no_progress", "--steps", "200", "--model.ch", "4", "--model.z_dim", "8",
+                "--train.batch_size", "4", "--train.ckpt_every", "4", "--train.sample_every", "100000",
+                "--dataset.workers", "0"]
+
+    straight = subprocess.run(cmd(tmp_path / "straight", 0), env=ENV, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    proc = subprocess.Popen(cmd(tmp_path / "elastic", 1), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    ckpts = tmp_path / "elastic" / "checkpoints"
+    deadline = time.time() + 300
+    while not list(ckpts.glob("ckpt_*.pt")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    rank1 = [pid for pid, env in _children(proc.pid).items() if env.get("RANK") == "1"]
+    os.kill(rank1[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "resuming from" in err  # the restarted group continued from a checkpoint
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "ckpt_00000200.pt", weights_only=True)
+    b = torch.load(ckpts / "ckpt_00000200.pt", weights_only=True)
+    for net in ("G", "D", "G_ema"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), (net, k)

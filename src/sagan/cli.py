@@ -212,11 +212,13 @@ def _explain(err: Exception) -> str:
 
 def _parse(parser: ArgumentParser, argv: list[str]):
     try:
-        return parser.parse_args(argv)
+        ns = parser.parse_args(argv)
     except SystemExit:
         raise
     except Exception as e:  # jsonargparse's ArgumentError and friends
         raise UserError(_explain(e)) from None
+    _check_numbers(ns)
+    return ns
 
 
 # ------------------------------------------------------------------------------------- train
@@ -249,6 +251,9 @@ def _expand_aliases(argv: list[str]) -> list[str]:
     return out
 
 
+CLI_KEYS = ("preset", "config", "out", "device", "overwrite", "no_progress", "print_config")
+
+
 def _flag_values(argv: list[str], name: str) -> list[str]:
     out = []
     for i, a in enumerate(argv):
@@ -265,8 +270,12 @@ def _prescan(argv: list[str]) -> tuple[str | None, str | None, bool]:
     found: dict = {}
     for path in _flag_values(argv, "--config"):
         values = read_yaml(expand(path))
-        if isinstance(values, dict):
-            found.update({k: values[k] for k in ("preset", "out", "overwrite") if k in values})
+        if not isinstance(values, dict):
+            raise UserError(f"{path} must be a mapping of config keys (model:, train:, ...), "
+                            f"not {type(values).__name__}")
+        found.update({k: values[k] for k in ("preset", "out", "overwrite") if k in values})
+        # the same checks as any config (sections, key names, types), with the file named
+        config_from_dict({k: v for k, v in values.items() if k not in CLI_KEYS}, str(path))
     for key in ("preset", "out"):
         given = _flag_values(argv, f"--{key}")
         if given:
@@ -293,7 +302,7 @@ def cmd_train(argv: list[str]) -> int:
         info(f"using the saved config of {run} (pass --preset to start from a preset instead)")
     ns = _parse(_train_parser(base), argv)  # --help and --print_config exit here
     d = ns.as_dict()
-    for k in ("preset", "config", "out", "device", "overwrite", "no_progress", "__path__"):
+    for k in (*CLI_KEYS, "__path__"):
         d.pop(k, None)
     cfg = config_from_dict(d)
     run_dir = expand(ns.out) if ns.out else _default_out(name or "demo", cfg.data)
@@ -314,9 +323,23 @@ def _out_path(ns, src: Path, default: str | Path) -> Path:
     return expand(ns.out) if ns.out else run_of(src) / default
 
 
+def _check_numbers(ns) -> None:
+    """The numeric options every verb may have, checked before any work."""
+    checks = [("seed", lambda v: 0 <= v < 2**63, "must lie in 0 .. 2**63 - 1"),
+              ("batch_size", lambda v: v >= 1, "must be at least 1"),
+              ("ref_samples", lambda v: v is None or v >= 1, "must be at least 1 (or left out: all images)"),
+              ("resolution", lambda v: v is None or v >= 8, "must be at least 8 pixels"),
+              ("truncation", lambda v: v is None or v > 0, "must be positive (typical values: 0.5 to 2)")]
+    for name, ok, msg in checks:
+        if hasattr(ns, name) and not ok(getattr(ns, name)):
+            raise UserError(f"--{name} {msg}")
+    for seed in getattr(ns, "seeds", None) or []:
+        if not 0 <= seed < 2**63:
+            raise UserError("--seeds must lie in 0 .. 2**63 - 1")
+
+
 def _check_generator_options(ns) -> None:
-    if getattr(ns, "truncation", None) is not None and ns.truncation <= 0:
-        raise UserError("--truncation must be positive (typical values: 0.5 to 2)")
+    _check_numbers(ns)
 
 
 def _check_class(G, class_: int | None) -> None:
@@ -342,26 +365,29 @@ def cmd_sample(argv: list[str]) -> int:
     ns = _parse(_sample_parser(), argv)
     import torch
 
-    from .images import save_grid, write_pngs
+    from .images import image_format, save_grid, write_pngs
     from .rundir import GENERATED, SAMPLES, output_folder, refuse_existing
 
     if ns.n < 1:
         raise UserError("--n must be at least 1")
     src = expand(ns.source)
+    tag = (f"seed{ns.seed}" + (f"_class{ns.class_}" if ns.class_ is not None else "")
+           + (f"_trunc{ns.truncation:g}" if ns.truncation is not None else ""))
+    out = _out_path(ns, src, Path(SAMPLES) / f"sample_{tag}.png" if ns.grid else Path(GENERATED) / tag)
+    if ns.grid:  # refusals before any sampling
+        refuse_existing(out, ns.overwrite)
+        image_format(out)
+    else:
+        output_folder(out, ns.overwrite)
     G = _load_for(ns, src)
     y = None
     if G.num_classes > 0:
         y = ns.class_ if ns.class_ is not None else (torch.arange(ns.n) * G.num_classes // ns.n).long()
     imgs = G.sample(ns.n, y=y, seed=ns.seed, truncation=ns.truncation).cpu()
-    tag = (f"seed{ns.seed}" + (f"_class{ns.class_}" if ns.class_ is not None else "")
-           + (f"_trunc{ns.truncation:g}" if ns.truncation is not None else ""))
     if ns.grid:
-        out = _out_path(ns, src, Path(SAMPLES) / f"sample_{tag}.png")
-        refuse_existing(out, ns.overwrite)
         save_grid(imgs, out, columns=max(1, math.ceil(math.sqrt(ns.n))))
         info(f"wrote a grid of {ns.n} images to {out}")
         return 0
-    out = output_folder(_out_path(ns, src, Path(GENERATED) / tag), ns.overwrite)
     labels = y if torch.is_tensor(y) else [y] * ns.n
     names = [f"{i:06d}" + (f"_class{int(labels[i])}" if G.num_classes > 0 else "") for i in range(ns.n)]
     write_pngs(imgs, out, names)
@@ -671,6 +697,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         rank = os.environ.get("RANK", "0")  # under torchrun, say which process it was
         print(f"error: {e}" if rank == "0" else f"error (rank {rank}): {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a disk, a permission, a path: the user's environment, said in one line
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

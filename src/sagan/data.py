@@ -68,12 +68,24 @@ class _Files:
         if self.is_zip:
             try:
                 with zipfile.ZipFile(root) as z:
-                    self.names = [n for n in z.namelist() if not _is_junk(n)]
-            except zipfile.BadZipFile:
+                    names = [n for n in z.namelist() if not _is_junk(n)]
+            except (zipfile.BadZipFile, OSError, EOFError):
                 raise UserError(f"{root} is not a readable zip archive; check the file or unpack it") from None
+            unsafe = [n for n in names if n.startswith("/") or ".." in n.split("/") or ":" in n.split("/")[0]]
+            if unsafe:  # absolute or escaping names would make nameless or foreign classes
+                warn(f"skipped {len(unsafe)} entr{'ies' if len(unsafe) > 1 else 'y'} of {root} with an absolute or "
+                     f"parent path ({', '.join(unsafe[:3])}{', ...' if len(unsafe) > 3 else ''})")
+            self.names = [n for n in names if n not in set(unsafe)]
         else:
             self.names = []
+            seen, loops = set(), 0
             for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                real = os.path.realpath(dirpath)
+                if real in seen:  # a symlink back into the tree: walking it would never end
+                    loops += 1
+                    dirnames[:] = []
+                    continue
+                seen.add(real)
                 dirnames[:] = sorted(d for d in dirnames if not _is_junk(d))
                 rel = Path(dirpath).relative_to(root)
                 for fn in sorted(filenames):
@@ -82,6 +94,9 @@ class _Files:
                 for d in dirnames:  # keep empty folders visible so that empty classes are reported
                     if not any(True for _ in os.scandir(Path(dirpath) / d)):
                         self.names.append((rel / d).as_posix() + "/")
+            if loops:
+                warn(f"skipped {loops} symbolic link{'s' if loops > 1 else ''} in {root} that lead back to a folder "
+                     "already read (a loop)")
 
     def open(self, name: str) -> io.BytesIO:
         if self.is_zip:
@@ -209,13 +224,26 @@ def _decode(buf: io.BytesIO, resolution: int, channels: int, sizes: list[int] | 
             im.load()
             if sizes is not None:
                 sizes.append(min(im.size))
-            if im.mode.startswith("I"):  # 16/32-bit integer grayscale: scale to 8 bits
-                a = np.asarray(im).astype(np.float64)
-                full = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-                im = Image.fromarray(np.round(a * 255.0 / full).clip(0, 255).astype(np.uint8))
+            if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit integer or float grayscale: to 8 bits
+                im = _to_8bit(im)
+                if im is None:
+                    return None
             return prepare(im, resolution, channels)
     except Exception:
         return None
+
+
+def _to_8bit(im: Image.Image) -> Image.Image | None:
+    """Integer images scaled from their bit depth; float images from [0, 1] (or [0, 255], or
+    [0, 65535]) to 8 bits; None when a float image has no such range (counted as unreadable)."""
+    a = np.asarray(im).astype(np.float64)
+    if im.mode == "F":
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 65535:
+            return None
+        full = 1.0 if a.max() <= 1.0 else 255.0 if a.max() <= 255 else 65535.0
+    else:
+        full = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+    return Image.fromarray(np.round(a * 255.0 / full).clip(0, 255).astype(np.uint8))
 
 
 def prepare(im: Image.Image, res: int, channels: int) -> torch.Tensor:
@@ -327,14 +355,24 @@ def _guess_channels(files: _Files, names: list[str]) -> int:
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"{path} cannot be read ({type(e).__name__}: it looks truncated or damaged); "
+                        "download the MNIST file again") from None
+    if len(data) < 4:
+        raise UserError(f"{path} is empty or truncated; download the MNIST file again")
     magic, = struct.unpack(">I", data[:4])
     ndim = magic & 0xFF
-    if magic >> 8 != 0x08 or ndim not in (1, 3):
+    if magic >> 8 != 0x08 or ndim not in (1, 3) or len(data) < 4 + 4 * ndim:
         raise UserError(f"{path} is not an MNIST IDX file of unsigned bytes")
     dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    need = int(np.prod(dims))
+    if len(data) - 4 - 4 * ndim < need:
+        raise UserError(f"{path} is truncated: its header announces {dims[0]:,} items but the file ends early; "
+                        "download it again")
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim, count=need).reshape(dims)
 
 
 def _find_idx(root: Path, split: str, what: str) -> Path | None:
@@ -353,16 +391,66 @@ def _mnist(root: Path, split: str):
     if img is None or lab is None:
         raise UserError(f"no MNIST {split} files in {root}; expected {'t10k' if split == 'test' else 'train'}-images-idx3-ubyte[.gz] and its labels")
     x, y = _read_idx(img), _read_idx(lab)
+    if x.ndim != 3 or y.ndim != 1:
+        raise UserError(f"{img} should hold images (3 dimensions) and {lab} labels (1 dimension)")
     if len(x) != len(y):
         raise UserError(f"{img} has {len(x)} images but {lab} has {len(y)} labels")
+    _check_labels(y, 10, lab)
     return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)), [str(i) for i in range(10)]
 
 
+def _check_labels(y: np.ndarray, classes: int, where) -> None:
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise UserError(f"{where} has labels from {int(y.min())} to {int(y.max())}, outside 0..{classes - 1}; "
+                        "the file is damaged or not what it claims to be")
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global that a CIFAR batch never refers to."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR python batch holds (dicts, lists, bytes, ints and numpy arrays)
+    and refuses everything else: a crafted batch must not run code."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise _Refused(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle_cifar(blob: bytes, where: str) -> dict:
+    try:
+        d = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except _Refused as e:
+        raise UserError(f"{where} is not a CIFAR batch: it refers to {e}, which a CIFAR batch never holds; "
+                        "refusing to load it (it could run code)") from None
+    except Exception as e:
+        raise UserError(f"{where} is not a readable CIFAR batch ({type(e).__name__}); re-extract the archive") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{where} is not a CIFAR batch (no dictionary inside)")
+    return d
+
+
 def _cifar_members(root: Path):
-    """Yield (basename, bytes reader) for the files of a CIFAR folder or .tar.gz."""
+    """(basename, bytes reader) for the files of a CIFAR folder or .tar.gz."""
     if root.is_file():
-        tf = tarfile.open(root)
-        return {Path(m.name).name: (lambda m=m: tf.extractfile(m).read()) for m in tf.getmembers() if m.isfile()}
+        def read(m):
+            try:
+                return tf.extractfile(m).read()
+            except (OSError, EOFError, tarfile.TarError, zlib.error):
+                raise UserError(f"{root} is truncated or damaged (reading {m.name} failed); download it again") from None
+
+        try:
+            tf = tarfile.open(root)
+            members = tf.getmembers()
+        except (OSError, EOFError, tarfile.TarError, zlib.error):
+            raise UserError(f"{root} is not a readable .tar.gz (truncated or damaged); download it again") from None
+        return {Path(m.name).name: (lambda m=m: read(m)) for m in members if m.isfile()}
     return {p.name: (lambda p=p: p.read_bytes()) for p in root.iterdir() if p.is_file()}
 
 
@@ -378,12 +466,24 @@ def _cifar(root: Path, split: str):
         raise UserError(f"{root} lacks the CIFAR file(s) {', '.join(missing)} for the {split} split; re-extract the archive")
     xs, ys = [], []
     for n in names:
-        d = pickle.loads(files[n](), encoding="bytes")
-        xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[key], dtype=np.int64))
-    classes = [c.decode() for c in pickle.loads(files[meta](), encoding="bytes")[meta_key]] if meta in files else None
+        d = _unpickle_cifar(files[n](), f"{root}: {n}")
+        try:
+            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[key], dtype=np.int64).reshape(-1))
+        except (KeyError, ValueError, TypeError):
+            raise UserError(f"{root}: {n} lacks CIFAR's data or {key.decode()} (or they have other shapes)") from None
+        if len(xs[-1]) != len(ys[-1]):
+            raise UserError(f"{root}: {n} has {len(xs[-1])} images but {len(ys[-1])} labels")
+    classes = None
+    if meta in files:
+        try:
+            classes = [c.decode() for c in _unpickle_cifar(files[meta](), f"{root}: {meta}")[meta_key]]
+        except (KeyError, AttributeError, TypeError):
+            raise UserError(f"{root}: {meta} lacks the class names") from None
     y = np.concatenate(ys)
-    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(y), classes or [str(i) for i in range(int(y.max()) + 1)]
+    classes = classes or [str(i) for i in range(int(y.max()) + 1)]
+    _check_labels(y, len(classes), root)
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(y), classes
 
 
 def _array_kind(root: Path) -> str | None:
@@ -408,22 +508,29 @@ def _available_memory() -> int:
         return 8 << 30
 
 
-def peek_resolution(path: str | os.PathLike) -> int:
-    """The shorter side of the first image of a folder or zip (for scoring sets at their own size)."""
+def peek_resolution(path: str | os.PathLike, sample: int = 200) -> int:
+    """The shorter side of the first image of a folder or zip (for scoring sets at their own
+    size); a warning when the first ``sample`` images have several sizes."""
     root = Path(path).expanduser()
     if not root.exists():
         raise UserError(f"{root} does not exist")
     if _array_kind(root) is not None:
         return 32 if _array_kind(root) == "cifar" else 28
     files = _Files(root)
-    for n in files.names:
-        if _is_image(n):
-            try:
-                with Image.open(files.open(n)) as im:
-                    return min(im.size)
-            except Exception:
-                continue
-    raise UserError(f"no readable image in {root}")
+    sizes: list[int] = []
+    for n in [n for n in files.names if _is_image(n)][:sample]:
+        try:
+            with Image.open(files.open(n)) as im:
+                sizes.append(min(im.size))
+        except Exception:
+            continue
+    if not sizes:
+        raise UserError(f"no readable image in {root}")
+    if len(set(sizes)) > 1:
+        shown = ", ".join(f"{s} px" for s in sorted(set(sizes))[:4])
+        warn(f"{root} holds images of several sizes (shorter sides {shown} among the first {len(sizes)}); "
+             f"scoring at {sizes[0]} px, the first image's: pass --resolution to choose")
+    return sizes[0]
 
 
 def default_workers() -> int:
@@ -643,6 +750,7 @@ class BatchStream:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position, self._iter = int(state["epoch"]), int(state["position"]), None
+        self.position = min(self.position, self.batches_per_epoch)  # the data may have shrunk
         saved_world = int(state.get("world", 1))
         if saved_world != self.world:
             # another number of processes splits epochs into other batches: keep the fraction

@@ -54,8 +54,16 @@ def init_from_env(device: torch.device) -> torch.device:
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=timedelta(minutes=30),
-                            device_id=device if device.type == "cuda" else None)
+    kw = {"timeout": timedelta(minutes=30), "device_id": device if device.type == "cuda" else None}
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # the elastic agent's store outlives a restart: keys of the dead group would send the new
+        # one to addresses nobody listens on, so every attempt gets keys of its own
+        agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                              int(os.environ["WORLD_SIZE"]), is_master=False, timeout=kw["timeout"])
+        kw.update(store=dist.PrefixStore(f"sagan/attempt_{restart}", agent), rank=int(os.environ["RANK"]),
+                  world_size=int(os.environ["WORLD_SIZE"]))
+    dist.init_process_group(backend, **kw)
     _CPU_GROUP = dist.new_group(backend="gloo") if backend == "nccl" else None
     return device
 

@@ -19,7 +19,8 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
-def _pil_format(path: Path) -> str:
+def image_format(path: Path) -> str:
+    """PIL's format name for ``path``'s extension; a clear error for an unknown one."""
     from PIL import Image
 
     Image.init()
@@ -39,7 +40,7 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int) -> Path:
     from .rundir import atomic_write
 
     path = Path(path)
-    fmt = _pil_format(path)
+    fmt = image_format(path)
     grid = images.float().clamp(-1, 1) * 0.5 + 0.5
     return atomic_write(path, lambda f: save_image(grid, f, format=fmt, nrow=columns, padding=2, pad_value=1.0))
 

@@ -35,16 +35,39 @@ def discriminator_from_checkpoint(state: dict) -> Discriminator:
     return D
 
 
-def _from_safetensors(path: Path) -> Generator:
-    from safetensors import safe_open
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    """(tensors, the run config in the metadata) of an exported generator; one clear error for a
+    truncated, empty or foreign file, or metadata that is not sagan's."""
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as e:  # SafetensorError, OSError: truncated, empty or not safetensors at all
+        raise UserError(f"{path} is not a readable safetensors file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:80] if str(e) else 'truncated or empty'}); export it again") from None
     if "config" not in meta:
         raise UserError(f"{path} was not exported by sagan (no config in its metadata)")
-    G = build_generator(config_from_dict(json.loads(meta["config"]), f"{path}'s metadata").model, sn=False)
-    G.load_state_dict(load_file(str(path)))
+    try:
+        config = json.loads(meta["config"])
+    except ValueError:
+        raise UserError(f"{path}: the config in its metadata is not valid JSON; export it again") from None
+    return tensors, config
+
+
+def _from_safetensors(path: Path) -> Generator:
+    tensors, config = _read_safetensors(path)
+    G = build_generator(config_from_dict(config, f"{path}'s metadata").model, sn=False)
+    missing, unexpected = G.state_dict().keys() - tensors.keys(), tensors.keys() - G.state_dict().keys()
+    wrong = [k for k in G.state_dict().keys() & tensors.keys() if G.state_dict()[k].shape != tensors[k].shape]
+    if missing or unexpected or wrong:
+        what = (f"{len(missing)} tensors missing" if missing else f"{len(unexpected)} unexpected tensors"
+                if unexpected else f"{wrong[0]} has another shape")
+        raise UserError(f"{path}: its tensors do not match the model its metadata describes ({what}); export it again")
+    G.load_state_dict(tensors)
     return G
 
 
@@ -115,15 +138,8 @@ def _source_state(source: str | os.PathLike) -> tuple[dict, dict, str]:
     if path.suffix == ".safetensors":
         if not path.exists():
             raise UserError(f"--init_from {path} does not exist")
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if "config" not in meta:
-            raise UserError(f"{path} was not exported by sagan (no config in its metadata)")
-        return (json.loads(meta["config"]), {"G_plain": load_file(str(path))},
-                f"the exported generator {path.name} (G only: D starts fresh)")
+        tensors, config = _read_safetensors(path)
+        return config, {"G_plain": tensors}, f"the exported generator {path.name} (G only: D starts fresh)"
     ckpt, state = resolve_checkpoint(path)
     return state["config"], {k: state[k] for k in ("G", "D", "G_ema")}, f"{ckpt} (step {int(state['step']):,}: G, D and the EMA)"
 

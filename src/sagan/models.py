@@ -317,14 +317,18 @@ def latents(n: int, z_dim: int, generator: torch.Generator | None = None,
 
 
 def truncate(z: torch.Tensor, threshold: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Truncation trick: resample every entry of ``z`` whose magnitude exceeds ``threshold``."""
-    if threshold <= 0:
+    """Truncation trick: every entry of ``z`` whose magnitude exceeds ``threshold`` is replaced
+    by a draw from the standard normal truncated to [-threshold, threshold], drawn directly
+    (inverse CDF), so that any threshold > 0 takes one draw."""
+    if not threshold > 0:
         raise ValueError("truncation must be positive")
     z = z.clone()
     mask = z.abs() > threshold
-    while mask.any():
-        z[mask] = torch.randn(int(mask.sum()), generator=generator)
-        mask = z.abs() > threshold
+    n = int(mask.sum())
+    if n:
+        fresh = torch.empty(n, dtype=torch.float64)
+        torch.nn.init.trunc_normal_(fresh, 0.0, 1.0, -threshold, threshold, generator=generator)
+        z[mask] = fresh.clamp_(-threshold, threshold).to(z.dtype)
     return z
 
 

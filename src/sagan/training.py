@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoints import CheckpointManager
 from .config import RunConfig, check_same_run, complete, config_from_dict, config_to_dict, copy_config, validate
-from .console import UserError, info
+from .console import UserError, info, warn
 from .data import BatchStream, ImageData, default_workers, open_dataset
 from .gan import GANState, StepStats, TrainingDiverged
 from .images import grid_inputs
@@ -85,6 +85,7 @@ class Trainer:
         found = None if overwrite else self.ckpts.latest(map_location=self.device, set_aside=self.main)
         if found is not None:  # the run's own record of what it is: its newest readable checkpoint
             check_same_run(config_from_dict(found[1]["config"], str(found[0])), cfg, str(self.run))
+            _check_same_data(found[1].get("dataset"), self.data)
         self.evaluator = TrainingEval(cfg, self.data, self.device, extractor, self.progress) if t.eval_every else None
         self.gan = GANState(cfg, self.device, self.rank, self.world)
         if cfg.init_from and found is None:  # a new run from trained weights (a resumed one has its own)
@@ -119,7 +120,8 @@ class Trainer:
         if self.device.type == "cuda":  # this process's GPU (every rank's draws are the same)
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {**self.gan.state_dict(), "rng": rng, "data": self.stream.state_dict(), "best_fid": self.best_fid,
-                "config": config_to_dict(self.cfg)}
+                "config": config_to_dict(self.cfg),
+                "dataset": {"images": len(self.data), "classes": list(self.data.class_names)}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gan.load_state_dict(state)
@@ -311,6 +313,22 @@ class TrainingEval:
              + (f", intra-FID {res['intra_fid']:.2f}" if "intra_fid" in res else "")
              + (" (best so far: saved checkpoints/best.pt)" if res["fid"] < best_fid else f" (best {best_fid:.2f})"))
         return rec
+
+
+def _check_same_data(saved: dict | None, data: ImageData) -> None:
+    """A resumed run's data may have gained or lost images (a warning), not changed its classes."""
+    if not saved:
+        return
+    if list(saved["classes"]) != list(data.class_names):
+        gone = [c for c in saved["classes"] if c not in data.class_names]
+        new = [c for c in data.class_names if c not in saved["classes"]]
+        what = "; ".join(x for x in (f"gone: {', '.join(gone[:4])}" if gone else "",
+                                     f"new: {', '.join(new[:4])}" if new else "") if x) or "reordered"
+        raise UserError(f"the data's classes changed since the run started ({what}); the labels would mean other "
+                        "classes: restore the data, or start a new run (another --out)")
+    if saved["images"] != len(data):
+        warn(f"the data holds {len(data):,} images now and held {saved['images']:,} when the run started; "
+             "resuming, but the order of the images differs from here on")
 
 
 def _check_device_settings(cfg: RunConfig, device: torch.device, world: int) -> None:
