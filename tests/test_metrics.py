@@ -287,7 +287,7 @@ def _random_inception_file(path, seed):
     return path
 
 
-def test_reference_statistics_are_keyed_to_the_inception_weights(tmp_path):
+def test_reference_statistics_are_keyed_to_the_inception_weights(tmp_path, monkeypatch):
     """Scoring with another weights file must not reuse statistics cached with the first: two
     weights files, one cache, two different FIDs (and each equals a fresh computation)."""
     from sagan.data import open_dataset
@@ -295,6 +295,7 @@ def test_reference_statistics_are_keyed_to_the_inception_weights(tmp_path):
 
     from helpers import write_class_folder
 
+    monkeypatch.setenv("SAGAN_CACHE", str(tmp_path / "cache"))  # a cache of its own, to count its entries
     data = open_dataset(write_class_folder(tmp_path / "d", per_class=6), 32, 3, progress=False)
     G = Generator(32, ch=8, z_dim=8, num_classes=2, attn=[16]).eval()
     a, b = (metrics.InceptionExtractor(_random_inception_file(tmp_path / f"w{s}.pth", s)) for s in (1, 2))
@@ -330,3 +331,25 @@ def test_a_crafted_or_garbage_inception_weights_file_runs_no_code_and_is_one_lin
     with pytest.raises(UserError, match="do not fit the TF-Inception network") as e:
         metrics.InceptionExtractor(tmp_path / "other.pth")
     assert "\n" not in str(e.value)
+
+
+def _pr_by_hand(fake, real, k=3):
+    """Precision and recall from their definition, with explicit loops."""
+    def radius(x):  # distance to the k-th nearest other point of the same set
+        return [sorted(float((a - b).norm()) for j, b in enumerate(x) if j != i)[k - 1] for i, a in enumerate(x)]
+
+    rf, rr = radius(fake), radius(real)
+    precision = sum(any(float((f - r).norm()) <= rr[j] for j, r in enumerate(real)) for f in fake) / len(fake)
+    recall = sum(any(float((r - f).norm()) <= rf[j] for j, f in enumerate(fake)) for r in real) / len(real)
+    return precision, recall
+
+
+def test_precision_and_recall_match_their_definition_and_known_limits():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(40, 5, generator=g)
+    fake = torch.cat([torch.randn(30, 5, generator=g) * 0.3, torch.randn(10, 5, generator=g) + 6])  # a narrow mode + junk
+    p, r = metrics.precision_recall(fake, real)
+    assert (p, r) == pytest.approx(_pr_by_hand(fake, real))
+    assert 0.5 < p < 1 and r < 0.9  # junk lowers precision, the narrow mode recall
+    assert metrics.precision_recall(real, real) == (1.0, 1.0)
+    assert metrics.precision_recall(real + 100, real) == (0.0, 0.0)

@@ -3,64 +3,50 @@
 Public API::
 
     import sagan
-    G = sagan.load_generator("runs/demo")        # run dir, checkpoint or exported .safetensors
+    G = sagan.load_generator("demo")             # a registry name, run dir, checkpoint, file or URL
     images = G.sample(16, y=3, seed=0)           # in [-1, 1]
 
     trainer = sagan.Trainer(sagan.load_preset("demo"), "runs/demo")
     trainer.fit()
+
+Names are imported on first use, so that ``sagan --help`` does not wait for torch.
 """
 
-from .config import DatasetConfig, ModelConfig, RunConfig, TrainConfig, load_config, load_preset
-from .data import BatchStream, ImageData, open_dataset
-from .export import export_generator
-from .gan import GANState
-from .layers import ConditionalBatchNorm2d, SelfAttention2d, record_attention, spectral_norm
-from .loading import load_generator
-from .losses import (
-    d_hinge,
-    d_nonsaturating,
-    d_wasserstein,
-    g_hinge,
-    g_nonsaturating,
-    g_wasserstein,
-    get_loss,
-)
-from .models import Discriminator, Generator, build_discriminator, build_generator, standing_stats, truncate
-from .training import Trainer
-from . import metrics  # noqa: E402  (sagan.metrics.evaluate_generator etc.)
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "SelfAttention2d",
-    "ConditionalBatchNorm2d",
-    "spectral_norm",
-    "record_attention",
-    "Generator",
-    "Discriminator",
-    "build_generator",
-    "build_discriminator",
-    "truncate",
-    "standing_stats",
-    "d_hinge",
-    "g_hinge",
-    "d_nonsaturating",
-    "g_nonsaturating",
-    "d_wasserstein",
-    "g_wasserstein",
-    "get_loss",
-    "GANState",
-    "Trainer",
-    "metrics",
-    "load_generator",
-    "export_generator",
-    "RunConfig",
-    "ModelConfig",
-    "DatasetConfig",
-    "TrainConfig",
-    "load_preset",
-    "load_config",
-    "open_dataset",
-    "ImageData",
-    "BatchStream",
-]
+_WHERE = {
+    "SelfAttention2d": "layers", "ConditionalBatchNorm2d": "layers", "spectral_norm": "layers",
+    "record_attention": "layers",
+    "Generator": "models", "Discriminator": "models", "build_generator": "models", "build_discriminator": "models",
+    "truncate": "models", "standing_stats": "models",
+    "d_hinge": "losses", "g_hinge": "losses", "d_nonsaturating": "losses", "g_nonsaturating": "losses",
+    "d_wasserstein": "losses", "g_wasserstein": "losses", "get_loss": "losses",
+    "GANState": "gan", "Trainer": "training",
+    "load_generator": "loading", "export_generator": "export",
+    "RunConfig": "config", "ModelConfig": "config", "DatasetConfig": "config", "TrainConfig": "config",
+    "load_preset": "config", "load_config": "config",
+    "open_dataset": "data", "ImageData": "data", "BatchStream": "data",
+}
+_MODULES = ("metrics", "models", "layers", "data", "config", "training", "gan", "losses", "loading", "export",
+            "images", "augment", "interpolation", "attention_maps", "report", "registry", "rundir", "checkpoints")
+
+__all__ = sorted(_WHERE) + ["metrics"]
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'sagan' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE) | set(_MODULES))

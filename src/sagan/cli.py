@@ -101,8 +101,15 @@ def _sample_parser() -> ArgumentParser:
 def _export_parser() -> ArgumentParser:
     p = _parser("sagan export", "Export the EMA generator of a run as safetensors "
                 "(spectral norm baked into plain weights, config in the metadata).")
-    _source(p, "run directory or checkpoint (.pt)")
+    _source(p, "run directory or checkpoint (.pt) (with --hub-dir also an exported file or pretrained name)")
     p.add_argument("--out", type=Optional[str], default=None, help="output file (default: <run>/generator_ema.safetensors)")
+    p.add_argument("--hub-dir", "--hub_dir", type=Optional[str], default=None, dest="hub_dir",
+                   help="write a Hugging Face model folder instead: model.safetensors, config.json and a README.md "
+                        "model card (metadata, how to load it, the training command and config, scores, a sample grid)")
+    p.add_argument("--license", type=str, default="other",
+                   help="licence for the model card's metadata (e.g. mit, cc-by-4.0; default: other)")
+    p.add_argument("--repo_id", type=Optional[str], default=None, help="owner/name on the Hub, for the model card's "
+                   "loading instructions")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return p
 
@@ -291,8 +298,6 @@ def _default_out(preset: str, data: str | None) -> Path:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from .training import Trainer
-
     argv = _expand_aliases(argv)
     preset, out, overwrite = _prescan(argv)
     run = RunDir(out) if out is not None else None
@@ -305,7 +310,12 @@ def cmd_train(argv: list[str]) -> int:
     for k in (*CLI_KEYS, "__path__"):
         d.pop(k, None)
     cfg = config_from_dict(d)
+    if name not in (None, "demo") and cfg.data is None:
+        raise UserError(f"the {name} preset trains on data that is not bundled: pass --data (a folder, a zip, "
+                        "a CIFAR or an MNIST folder); only the demo preset uses the bundled MNIST digits")
     run_dir = expand(ns.out) if ns.out else _default_out(name or "demo", cfg.data)
+    from .training import Trainer  # torch is imported only now that the options are known
+
     trainer = Trainer(cfg, run_dir, device=ns.device, overwrite=ns.overwrite, progress=not ns.no_progress)
     trainer.fit()
     if trainer.stopped_by is None and trainer.steps_run:
@@ -316,11 +326,27 @@ def cmd_train(argv: list[str]) -> int:
 # ------------------------------------------------------------------------------------- verbs that read a model
 
 
-def _out_path(ns, src: Path, default: str | Path) -> Path:
-    """--out, or ``default`` inside the run directory (or beside the checkpoint or export)."""
+def _locate(source: str) -> tuple[Path, Path]:
+    """The local file or run behind ``source`` and the folder its outputs go to by default: the
+    run directory for a run or a checkpoint in one; a folder named after the file beside a file
+    elsewhere; ``./<name>`` for a pretrained name, a URL or a Hub model (never the cache)."""
+    from .registry import locate
     from .rundir import run_of
 
-    return expand(ns.out) if ns.out else run_of(src) / default
+    found = locate(source)
+    if found is not None:
+        return found.path, Path(found.name)
+    from .loading import model_file
+
+    path = model_file(source)
+    if path.is_dir() or path.parent.name == "checkpoints" or not path.exists():
+        return path, run_of(path)
+    return path, path.parent / path.stem
+
+
+def _out_path(ns, root: Path, default: str | Path) -> Path:
+    """--out, or ``default`` inside the folder the source's outputs go to."""
+    return expand(ns.out) if ns.out else root / default
 
 
 def _check_numbers(ns) -> None:
@@ -338,10 +364,6 @@ def _check_numbers(ns) -> None:
             raise UserError("--seeds must lie in 0 .. 2**63 - 1")
 
 
-def _check_generator_options(ns) -> None:
-    _check_numbers(ns)
-
-
 def _check_class(G, class_: int | None) -> None:
     if class_ is None:
         return
@@ -355,53 +377,79 @@ def _load_for(ns, src: Path):
     from .distributed import resolve_device
     from .loading import load_generator
 
-    _check_generator_options(ns)
     G = load_generator(src, device=resolve_device(ns.device), ema=not getattr(ns, "raw", False))
     _check_class(G, getattr(ns, "class_", None))
     return G
 
 
+def _sample_labels(G, ns) -> tuple[int, object, int]:
+    """(number of images, labels, grid columns): a conditional grid without --class has one row per
+    class (the count rounded up to fill the rows); files spread the classes over the images."""
+    import torch
+
+    if not G.num_classes:
+        return ns.n, None, max(1, math.ceil(math.sqrt(ns.n)))
+    if ns.class_ is not None:
+        return ns.n, ns.class_, max(1, math.ceil(math.sqrt(ns.n)))
+    if ns.grid:
+        cols = math.ceil(ns.n / G.num_classes)
+        return cols * G.num_classes, torch.arange(G.num_classes).repeat_interleave(cols), cols
+    return ns.n, (torch.arange(ns.n) * G.num_classes // ns.n).long(), 1
+
+
 def cmd_sample(argv: list[str]) -> int:
     ns = _parse(_sample_parser(), argv)
-    import torch
+    from tqdm.auto import tqdm
 
     from .images import image_format, save_grid, write_pngs
     from .rundir import GENERATED, SAMPLES, output_folder, refuse_existing
 
     if ns.n < 1:
         raise UserError("--n must be at least 1")
-    src = expand(ns.source)
+    src, root = _locate(ns.source)
     tag = (f"seed{ns.seed}" + (f"_class{ns.class_}" if ns.class_ is not None else "")
-           + (f"_trunc{ns.truncation:g}" if ns.truncation is not None else ""))
-    out = _out_path(ns, src, Path(SAMPLES) / f"sample_{tag}.png" if ns.grid else Path(GENERATED) / tag)
+           + (f"_trunc{ns.truncation:g}" if ns.truncation is not None else "") + ("_raw" if ns.raw else ""))
+    out = _out_path(ns, root, Path(SAMPLES) / f"sample_{tag}_n{ns.n}.png" if ns.grid else Path(GENERATED) / tag)
     if ns.grid:  # refusals before any sampling
         refuse_existing(out, ns.overwrite)
         image_format(out)
     else:
         output_folder(out, ns.overwrite)
     G = _load_for(ns, src)
-    y = None
-    if G.num_classes > 0:
-        y = ns.class_ if ns.class_ is not None else (torch.arange(ns.n) * G.num_classes // ns.n).long()
-    imgs = G.sample(ns.n, y=y, seed=ns.seed, truncation=ns.truncation).cpu()
+    n, y, cols = _sample_labels(G, ns)
+    batches = G.sample_batches(n, y=y, seed=ns.seed, truncation=ns.truncation)
     if ns.grid:
-        save_grid(imgs, out, columns=max(1, math.ceil(math.sqrt(ns.n))))
-        info(f"wrote a grid of {ns.n} images to {out}")
+        import torch
+
+        save_grid(torch.cat([b.cpu() for b, _ in batches]), out, columns=cols)
+        rows = " (one row per class)" if G.num_classes and ns.class_ is None else ""
+        info(f"wrote a grid of {n} images{rows} to {out}")
         return 0
-    labels = y if torch.is_tensor(y) else [y] * ns.n
-    names = [f"{i:06d}" + (f"_class{int(labels[i])}" if G.num_classes > 0 else "") for i in range(ns.n)]
-    write_pngs(imgs, out, names)
-    info(f"wrote {ns.n} images to {out}")
+    done = 0
+    with tqdm(total=n, desc="sampling", unit="img", disable=n < 1000) as bar:
+        for images, labels in batches:  # one batch in memory at a time
+            names = [f"{done + i:06d}" + (f"_class{int(labels[i])}" if labels is not None else "")
+                     for i in range(len(images))]
+            write_pngs(images, out, names)
+            done += len(images)
+            bar.update(len(images))
+    info(f"wrote {n} images to {out}")
     return 0
 
 
 def cmd_export(argv: list[str]) -> int:
     ns = _parse(_export_parser(), argv)
-    from .export import export_generator
+    from .export import export_generator, export_hub_dir
     from .rundir import EXPORT
 
-    src = expand(ns.source)
-    out = _out_path(ns, src, EXPORT)
+    src, root = _locate(ns.source)
+    if ns.hub_dir:
+        out = export_hub_dir(src, expand(ns.hub_dir), overwrite=ns.overwrite, license=ns.license, repo_id=ns.repo_id)
+        info(f"wrote a Hugging Face model folder to {out} (model.safetensors, config.json, README.md); upload it "
+             f"with `hf upload {ns.repo_id or 'OWNER/REPO'} {out}`, then load it with sagan.load_generator("
+             f"'hf://{ns.repo_id or 'OWNER/REPO'}')")
+        return 0
+    out = _out_path(ns, root, EXPORT)
     export_generator(src, out, overwrite=ns.overwrite)
     info(f"exported the EMA generator to {out}; load it with sagan.load_generator('{out}')")
     return 0
@@ -549,12 +597,11 @@ def cmd_attention(argv: list[str]) -> int:
     from .loading import load_networks
     from .rundir import ATTENTION, output_folder
 
-    src = expand(ns.source)
     if not 1 <= ns.n <= 256:
         raise UserError("--n must lie in 1..256 (each image gets its own figure)")
+    src, root = _locate(ns.source)
     if src.suffix == ".safetensors" and (ns.real or ns.raw):
         raise UserError("--real and --raw need a run directory or checkpoint: exported files hold only the EMA G")
-    _check_generator_options(ns)
     G, D, _ = load_networks(src, resolve_device(ns.device), ema=not ns.raw)
     points = _parse_points(ns.points, ns.grid, G.resolution)
     _check_class(G, ns.class_)
@@ -569,7 +616,9 @@ def cmd_attention(argv: list[str]) -> int:
     if not layers:
         raise UserError("this model has no self-attention layers (model.g_attn and model.d_attn are empty)"
                         + ("; D has none either, which --real needs" if ns.real else ""))
-    out = output_folder(_out_path(ns, src, ATTENTION), ns.overwrite)
+    tag = ("real" if ns.real else f"seed{ns.seed}") + (f"_class{ns.class_}" if ns.class_ is not None else "") + \
+        f"_n{ns.n}" + ("_points" + "-".join(p.replace(",", "x") for p in ns.points) if ns.points else f"_grid{ns.grid}")
+    out = output_folder(_out_path(ns, root, Path(ATTENTION) / tag), ns.overwrite)
     images = images.cpu()
     for b in range(images.shape[0]):
         cls = f", class {int(y[b])}" if y is not None else ""
@@ -617,10 +666,12 @@ def cmd_interpolate(argv: list[str]) -> int:
         raise UserError("--steps must be at least 2 (the two endpoints)")
     if ns.fps <= 0:
         raise UserError("--fps must be positive")
-    src = expand(ns.source)
+    src, root = _locate(ns.source)
     G = _load_for(ns, src)
     rows, tag = _interpolation_rows(ns, G)
-    out = _out_path(ns, src, INTERPOLATION)
+    tag += (f"_trunc{ns.truncation:g}" if ns.truncation is not None else "") + ("" if ns.method == "both" or ns.classes
+                                                                              else f"_{ns.method}")
+    out = _out_path(ns, root, INTERPOLATION)
     strip, gif = out / f"{tag}.png", out / f"{tag}.gif"
     for path in (strip, gif):
         refuse_existing(path, ns.overwrite)
@@ -706,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        from .distributed import cleanup
+        if "torch.distributed" in sys.modules:  # leave a torchrun process group cleanly
+            from .distributed import cleanup
 
-        cleanup()  # leave a torchrun process group cleanly
+            cleanup()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -157,6 +158,9 @@ class TrainConfig:
     """Random seed (weights, data order, noise); 0 to 2**63 - 1."""
     log_every: int = 50
     """Write losses to metrics.jsonl and TensorBoard every N steps."""
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers beside metrics.jsonl: tensorboard, wandb (pip install 'torch-sagan[wandb]';
+    WANDB_MODE=offline keeps it on the disk)."""
     sample_every: int = 500
     """Save a sample grid from fixed z every N steps."""
     ckpt_every: int = 1000
@@ -202,6 +206,7 @@ RESUMABLE_KEYS = {
     "dataset.workers",
     "dataset.cache",
     "train.log_every",
+    "train.loggers",
     "train.sample_every",
     "train.ckpt_every",
     "train.keep_ckpts",
@@ -448,7 +453,7 @@ def complete(cfg: RunConfig, data, workers: int) -> RunConfig:
         m.img_channels = data.channels
     if cfg.data is not None:
         cfg.data = str(resolve_data_path(cfg.data))
-    if cfg.init_from is not None and "://" not in cfg.init_from:
+    if cfg.init_from is not None and Path(os.path.expanduser(cfg.init_from)).exists():  # not a name or URL
         cfg.init_from = str(resolve_data_path(cfg.init_from))
     cfg.dataset.workers = workers
     return cfg

@@ -556,7 +556,8 @@ def open_dataset(
     if path is None:
         split = "test"  # the bundled demo data is the MNIST test set
     if not root.exists():
-        raise UserError(f"data path {root} does not exist; pass --data with a folder, a zip, a CIFAR or an MNIST folder")
+        raise UserError(f"{root} does not exist; give a folder or a zip of images, a CIFAR folder or .tar.gz, or an "
+                        "MNIST folder")
     workers = default_workers() if workers < 0 else workers
     kind = _array_kind(root)
     if kind is not None:

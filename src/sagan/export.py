@@ -52,3 +52,111 @@ def export_generator(src: str | os.PathLike, out: str | os.PathLike, overwrite: 
     tensors = {k: v.contiguous() for k, v in baked_state_dict(G).items()}
     meta = {"config": json.dumps(state["config"]), "step": str(int(state["step"])), "format": FORMAT}
     return atomic_write(out, save(tensors, metadata=meta))
+
+
+# ------------------------------------------------------------------------------ Hugging Face folders
+
+
+def _scores(run: Path) -> list[dict]:
+    """Evaluations that ``sagan eval`` wrote into the run (newest last)."""
+    import json
+
+    rows = []
+    for p in sorted((run / "eval").glob("step*.json")):
+        try:
+            r = json.loads(p.read_text())
+        except ValueError:
+            continue
+        if isinstance(r, dict) and "fid" in r:
+            rows.append(r)
+    return rows
+
+
+def _model_card(config: dict, step: int | None, scores: list[dict], license: str, repo_id: str) -> str:
+    import yaml
+
+    data = config.get("data") or "the MNIST test set bundled with torch-sagan"
+    m = config["model"]
+    meta = {"library_name": "torch-sagan", "license": license, "pipeline_tag": "unconditional-image-generation",
+            "tags": ["gan", "sagan", "self-attention-gan", "image-generation", "pytorch"]}
+    if scores:
+        meta["metrics"] = ["fid", "inception_score"]
+    table = "\n".join(
+        f"| {r.get('step', '?')} | {r.get('n_fake', '?')} | {r['fid']:.2f} | {r['is']:.2f} | "
+        f"{r.get('intra_fid', float('nan')):.2f} | {r.get('reference', '?')} |" for r in scores)
+    scores_md = ("| step | samples | FID | IS | intra-FID | reference |\n| --- | --- | --- | --- | --- | --- |\n" + table
+                 if scores else "No evaluation was recorded for this run (`sagan eval RUN` writes one).")
+    return f"""---
+{yaml.safe_dump(meta, sort_keys=False).strip()}
+---
+
+# {repo_id.split('/')[-1]}: a Self-Attention GAN generator
+
+A {'class-conditional' if m.get('num_classes') else 'unconditional'} SAGAN generator (Zhang et al., ICML 2019) at
+{m['resolution']}x{m['resolution']} px{f", {m['num_classes']} classes" if m.get('num_classes') else ''}, trained
+with torch-sagan (`pip install torch-sagan`) on {data}{f' for {step:,} steps' if step else ''}. This is the EMA generator
+with spectral norm baked into plain weights.
+
+![samples](samples.png)
+
+## Use it
+
+```bash
+pip install 'torch-sagan[hub]'
+sagan sample hf://{repo_id} --grid
+```
+
+```python
+import sagan
+
+G = sagan.load_generator("hf://{repo_id}")
+images = G.sample(16, seed=0)  # in [-1, 1]
+```
+
+## Training
+
+`config.yaml` is the run's resolved config: `sagan train --config config.yaml --out runs/{repo_id.split('/')[-1]}`
+trains the same model again.
+
+## Scores
+
+{scores_md}
+
+Scores are torch-sagan's TF-Inception pipeline (torch-fidelity); compare only numbers with the same
+reference set and sample count.
+"""
+
+
+def export_hub_dir(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, license: str = "other",
+                   repo_id: str | None = None) -> Path:
+    """A folder the Hugging Face Hub understands: ``model.safetensors`` (as :func:`export_generator`
+    writes), ``config.json`` and ``config.yaml`` (the run's config), ``samples.png`` and a
+    ``README.md`` model card."""
+    import json
+
+    import yaml
+
+    from .images import save_grid
+    from .loading import load_generator, model_file
+    from .rundir import output_folder, run_of
+
+    out = output_folder(expand(out), overwrite)
+    path = model_file(src)
+    if path.suffix == ".safetensors":
+        from .loading import _read_safetensors
+
+        tensors, config = _read_safetensors(path)
+        atomic_write(out / "model.safetensors", path.read_bytes())
+        step, scores = None, []
+    else:
+        ckpt, state = resolve_checkpoint(path)
+        export_generator(ckpt, out / "model.safetensors", overwrite=True)
+        config, step, scores = state["config"], int(state["step"]), _scores(run_of(ckpt))
+    atomic_write(out / "config.json", json.dumps({"library_name": "torch-sagan", **config}, indent=2) + "\n")
+    atomic_write(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    G = load_generator(out / "model.safetensors")
+    k = G.num_classes
+    y = torch.arange(min(k, 10)).repeat_interleave(8) if k else None
+    save_grid(G.sample(len(y) if k else 64, y=y, seed=0), out / "samples.png", columns=8)
+    atomic_write(out / "README.md", _model_card(config, step, scores, license, repo_id or "OWNER/REPO"))
+    return out

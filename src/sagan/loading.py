@@ -71,17 +71,33 @@ def _from_safetensors(path: Path) -> Generator:
     return G
 
 
+def model_file(source: str | os.PathLike) -> Path:
+    """The local path behind ``source``: a registry name, an https:// URL or an hf:// address is
+    fetched (verified, cached); a folder written by ``sagan export --hub-dir`` gives its
+    ``model.safetensors``; anything else is a local path, with ``~`` expanded."""
+    from .registry import locate
+
+    found = locate(source)
+    path = found.path if found else expand(source)
+    if path.is_dir() and (path / "model.safetensors").is_file() and not (path / "checkpoints").is_dir():
+        return path / "model.safetensors"
+    return path
+
+
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True) -> Generator:
     """Load a generator ready to sample, in eval mode.
 
-    ``path`` is a run directory (its latest checkpoint), a checkpoint file (``.pt``) or an
-    exported ``.safetensors`` file. From checkpoints the EMA generator is returned unless
-    ``ema=False``. The result exposes ``z_dim`` and ``num_classes``; ``G(z, y)`` gives images in
-    [-1, 1] and ``G.sample(n, y=None, seed=None)`` is the convenience form.
+    ``path`` is a run directory (its latest checkpoint), a checkpoint file (``.pt``), an exported
+    ``.safetensors`` file (or a folder of ``sagan export --hub-dir``), the name of a pretrained
+    generator (``"demo"``), an ``https://`` URL of a safetensors file (``#sha256=...`` pins it)
+    or ``hf://owner/repo[@revision][/file]``. From checkpoints the EMA generator is returned
+    unless ``ema=False``. ``G(z, y)`` gives images in [-1, 1]; ``G.sample(n, y=None, seed=None)``
+    is the convenience form.
     """
-    path = expand(path)
+    path = model_file(path)
     if not path.exists():
-        raise UserError(f"{path} does not exist; pass a run directory, a checkpoint or an exported .safetensors file")
+        raise UserError(f"{path} does not exist; pass a run directory, a checkpoint, an exported .safetensors file, "
+                        f"a pretrained name ({', '.join(_names())}), an https:// URL or hf://owner/repo")
     if path.suffix == ".safetensors":
         if not ema:
             raise UserError("--raw needs a run directory or checkpoint: exported files hold only the EMA generator")
@@ -91,11 +107,17 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
     return G.to(device).eval()
 
 
+def _names() -> list[str]:
+    from .registry import entries
+
+    return list(entries())
+
+
 def load_networks(path: str | os.PathLike, device: str | torch.device = "cpu",
                   ema: bool = True) -> tuple[Generator, Discriminator | None, dict]:
     """G (EMA unless ``ema=False``) and D of a run or checkpoint, in eval mode, with a few facts
     about where they come from (``step``, ``checkpoint``); an exported file gives G only."""
-    path = expand(path)
+    path = model_file(path)
     if path.suffix == ".safetensors":
         return load_generator(path, device, ema), None, {"step": None, "checkpoint": str(path)}
     ckpt, state = resolve_checkpoint(path)
@@ -134,7 +156,7 @@ def _refresh_spectral_vectors(model: torch.nn.Module, iterations: int = 15) -> N
 def _source_state(source: str | os.PathLike) -> tuple[dict, dict, str]:
     """(config dict, {"G", "D", "G_ema"} state dicts it has, description) of a run, a checkpoint
     or an exported generator (whose G, the EMA one, has SN baked in: key "G_plain")."""
-    path = expand(source)
+    path = model_file(source)
     if path.suffix == ".safetensors":
         if not path.exists():
             raise UserError(f"--init_from {path} does not exist")

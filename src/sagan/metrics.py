@@ -321,6 +321,18 @@ def kid(a: torch.Tensor, b: torch.Tensor, subsets: int = 100, subset_size: int =
     return float(out["kernel_inception_distance_mean"]), float(out["kernel_inception_distance_std"])
 
 
+def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al., NeurIPS 2019) with k-nearest-neighbour
+    balls (torch-fidelity's implementation), on the same pool features as FID: precision is the
+    share of generated samples inside some real sample's ball, recall the share of real samples
+    inside some generated sample's ball."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    out = prc_features_to_metric(fake.float(), real.float(), prc_neighborhood=k, prc_batch_size=10_000,
+                                 save_cpu_ram=True, verbose=False)
+    return float(out["precision"]), float(out["recall"])
+
+
 def compute_metrics(fake: Features, real: Features, intra_fid: bool = True) -> dict[str, float]:
     """IS of ``fake``; FID and KID of ``fake`` against ``real``; and, when both carry the same
     classes, intra-FID: the mean over classes of the FID between same-class features."""
@@ -338,6 +350,8 @@ def compute_metrics(fake: Features, real: Features, intra_fid: bool = True) -> d
             per_class.append(fid_from_features(f, r))
         res["intra_fid"] = float(np.mean(per_class))
         res["intra_fid_per_class"] = per_class
+    if min(len(fake.pool), len(real.pool)) > 3:  # k = 3 neighbours need 4 samples a side
+        res["precision"], res["recall"] = precision_recall(fake.pool, real.pool)
     res["n_fake"], res["n_real"] = len(fake.pool), len(real.pool)
     return res
 
@@ -439,6 +453,8 @@ def format_table(res: dict) -> str:
     """The headline metrics as an aligned text table."""
     rows = [("IS", f"{res['is']:.3f} +- {res['is_std']:.3f}"), ("FID", f"{res['fid']:.3f}"),
             ("KID", f"{res['kid']:.5f} +- {res['kid_std']:.5f}")]
+    if "precision" in res:
+        rows.append(("precision / recall", f"{res['precision']:.3f} / {res['recall']:.3f}"))
     if "intra_fid" in res:
         rows.append(("intra-FID", f"{res['intra_fid']:.3f}"))
     rows.append(("samples", f"{res['n_fake']:,} generated vs {res['n_real']:,} reference"))

@@ -252,6 +252,13 @@ class Generator(nn.Module):
         ``y`` is a class index, a tensor of ``n`` indices, or None (random classes for a
         conditional model). ``seed`` makes z and random classes reproducible.
         """
+        return torch.cat([images for images, _ in self.sample_batches(n, y, seed, truncation, batch_size)])
+
+    @torch.no_grad()
+    def sample_batches(self, n: int, y: torch.Tensor | int | None = None, seed: int | None = None,
+                       truncation: float | None = None, batch_size: int = 256):
+        """The images :meth:`sample` draws, ``batch_size`` at a time, with their labels: only one
+        batch of images exists at a time, so ``n`` may be 50,000 on any device."""
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         z = latents(n, self.z_dim, gen, truncation)
         labels = None
@@ -266,7 +273,9 @@ class Generator(nn.Module):
                     raise ValueError(f"y has {labels.numel()} labels for {n} samples")
             if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
                 raise ValueError(f"class labels must lie in 0..{self.num_classes - 1}")
-        return self.generate(z, labels, batch_size)
+        for i in range(0, n, batch_size):
+            yb = labels[i : i + batch_size] if labels is not None else None
+            yield self.generate(z[i : i + batch_size], yb, batch_size), yb
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 256) -> torch.Tensor:

@@ -50,7 +50,8 @@ GENERATED = "generated"
 REPORT = "report.html"
 EXPORT = "generator_ema.safetensors"
 # what --overwrite deletes: the run's own entries, nothing else in the folder
-ENTRIES = (CONFIG_FILE, CKPT_DIR, SAMPLES, TB, METRICS, EXPORT, GENERATED, EVAL, ATTENTION, INTERPOLATION, REPORT)
+ENTRIES = (CONFIG_FILE, CKPT_DIR, SAMPLES, TB, METRICS, EXPORT, GENERATED, EVAL, ATTENTION, INTERPOLATION, REPORT,
+           "wandb", "wandb_id")
 _TMP = re.compile(r"^\..+\.tmp\d+$")  # atomic_write's temporaries
 
 

@@ -23,7 +23,7 @@ TB_TAGS = {"d_loss": "loss/d_loss", "g_loss": "loss/g_loss", "d_real": "D/real",
            "img_per_s": "speed/img_per_s", "lr_g": "lr/G", "lr_d": "lr/D", "aug_p": "augment/p",
            "aug_rt": "augment/r_t", "loss_scale_g": "loss_scale/G", "loss_scale_d": "loss_scale/D"}
 TB_EVAL_TAGS = {"fid": "eval/FID", "is": "eval/IS", "kid": "eval/KID", "intra_fid": "eval/intra_FID",
-                "best_fid": "eval/best_FID"}
+                "best_fid": "eval/best_FID", "precision": "eval/precision", "recall": "eval/recall"}
 
 
 class JsonlSink:
@@ -67,14 +67,62 @@ class TensorBoardSink:
         self.writer.close()
 
 
-class RunLog:
-    """The run's log on rank 0 (``enabled``); a silent stand-in elsewhere."""
+class WandbSink:
+    """Weights & Biases (``pip install 'torch-sagan[wandb]'``): one W&B run per torch-sagan run,
+    resumed with it (its id is kept in the run directory). ``WANDB_MODE=offline`` writes the W&B
+    run files under ``RUN/wandb`` without a network; ``WANDB_PROJECT`` names the project."""
 
-    def __init__(self, run: RunDir, step: int, config: dict, enabled: bool = True, sinks: list | None = None):
+    def __init__(self, run: RunDir, step: int, config: dict):
+        import os
+        import uuid
+
+        import wandb
+
+        id_file = run / "wandb_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+        atomic_write(id_file, run_id + "\n")
+        self.wandb = wandb
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "torch-sagan"), name=run.path.name, id=run_id,
+                              resume="allow", dir=str(run.path), config=config)
+
+    def record(self, step: int, rec: dict) -> None:
+        self.run.log({k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
+
+    def image(self, step: int, tag: str, grid: torch.Tensor) -> None:
+        self.run.log({tag: self.wandb.Image(grid.permute(1, 2, 0).numpy())}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+LOGGERS = {"tensorboard": TensorBoardSink, "wandb": WandbSink}
+
+
+def check_loggers(names: list[str]) -> None:
+    """Unknown or uninstalled loggers stop the run before it starts."""
+    import importlib.util
+
+    from .console import UserError
+
+    for name in names:
+        if name not in LOGGERS:
+            raise UserError(f"unknown logger {name!r} in train.loggers; choose from {', '.join(LOGGERS)}")
+        if name == "wandb" and importlib.util.find_spec("wandb") is None:
+            raise UserError("train.loggers has wandb, which needs the wandb package: pip install 'torch-sagan[wandb]'")
+
+
+class RunLog:
+    """The run's log on rank 0 (``enabled``); a silent stand-in elsewhere. metrics.jsonl always,
+    and the ``loggers`` named (tensorboard, wandb)."""
+
+    def __init__(self, run: RunDir, step: int, config: dict, enabled: bool = True, loggers=("tensorboard",)):
         self.run, self.enabled = run, enabled
         self.sinks = []
         if enabled:
-            self.sinks = sinks if sinks is not None else [JsonlSink(run.metrics), TensorBoardSink(run.tb, step, config)]
+            self.sinks = [JsonlSink(run.metrics)]
+            for name in loggers:
+                self.sinks.append(TensorBoardSink(run.tb, step, config) if name == "tensorboard"
+                                  else LOGGERS[name](run, step, config))
 
     def record(self, step: int, rec: dict) -> None:
         for sink in self.sinks:

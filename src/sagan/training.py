@@ -13,6 +13,7 @@ from the newest checkpoint (:mod:`sagan.checkpoints`), and in :meth:`Trainer.fit
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -33,7 +34,7 @@ from .images import grid_inputs
 from .loading import initialise_from
 from .models import attention_gammas, eval_mode
 from .rundir import RunDir
-from .runlog import RunLog
+from .runlog import RunLog, check_loggers
 
 __all__ = ["Trainer", "TrainingDiverged", "graceful_stop"]
 
@@ -65,6 +66,7 @@ class Trainer:
         self.progress = progress and self.main
         cfg = validate(copy_config(config))
         _check_device_settings(cfg, self.device, self.world)
+        check_loggers(cfg.train.loggers)
         self.run = RunDir(run_dir)
         self.run.check_usable(overwrite)  # refuse a foreign directory before any work
         if self.main:
@@ -77,6 +79,10 @@ class Trainer:
 
     def _setup(self, cfg: RunConfig, overwrite: bool, data: ImageData | None, extractor) -> None:
         m, t = cfg.model, cfg.train
+        if t.eval_every and extractor is None:  # missing Inception weights stop the run before any decoding
+            from .metrics import InceptionExtractor
+
+            extractor = InceptionExtractor(t.inception_weights, device=self.device)
         self.data = data or open_dataset(cfg.data, m.resolution, m.img_channels, cfg.dataset.split,
                                          cfg.dataset.cache, cfg.dataset.workers, progress=self.progress)
         workers = cfg.dataset.workers if cfg.dataset.workers >= 0 else default_workers()
@@ -159,12 +165,15 @@ class Trainer:
         if self.main:
             self.run.lock()  # held already, unless fit runs a second time
             self.run.samples.mkdir(exist_ok=True)
-        log = RunLog(self.run, self.step, config_to_dict(cfg), enabled=self.main)
+        log = RunLog(self.run, self.step, config_to_dict(cfg), enabled=self.main, loggers=t.loggers)
         grid = grid_inputs(cfg.model.num_classes, cfg.model.z_dim, t.grid_columns, t.grid_max_rows, t.seed + 1)
         self.gan.train()
         where = f"{self.world} processes ({self.device.type})" if self.world > 1 else str(self.device)
         extras = [f"precision {t.precision}"] + (["torch.compile (the first steps compile)"] if t.compile else [])
         info(f"training on {where} into {self.run}, global batch {t.batch_size * self.world}, {', '.join(extras)}")
+        _warn_if_cpu_is_busy(self.device)
+        if t.compile:
+            info("compiling G and D with torch.compile: the first steps take minutes, and say nothing until they are done")
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not self.progress)
         meter, last = StatsMeter(self.device), {}
@@ -173,6 +182,8 @@ class Trainer:
                 while self.step < cfg.steps:
                     meter.add(*self.gan.train_iteration(self.stream))
                     self.steps_run += 1
+                    if t.compile and self.steps_run == 1:
+                        info(f"compiled: the first step took {time.perf_counter() - meter.t0:.0f} s")
                     bar.update(1)
                     requested = self._agree_stop(stop.requested)
                     end = self.step >= cfg.steps or requested is not None
@@ -286,10 +297,6 @@ class TrainingEval:
 
     def __init__(self, cfg: RunConfig, data: ImageData, device: torch.device, extractor, progress: bool):
         t, m = cfg.train, cfg.model
-        if extractor is None:
-            from .metrics import InceptionExtractor
-
-            extractor = InceptionExtractor(t.inception_weights, device=device)
         self.extractor, self.cfg, self.device = extractor, cfg, device
         self.data = data if t.eval_reference is None else open_dataset(
             t.eval_reference, m.resolution, m.img_channels, "train", cfg.dataset.cache, cfg.dataset.workers,
@@ -307,12 +314,23 @@ class TrainingEval:
             res = evaluate_generator(G, self.data, n=t.eval_samples, extractor=self.extractor,
                                      batch_size=t.eval_batch_size, seed=t.seed, progress=False)
         rec = {"step": step, "eval": True, "eval_samples": res["n_fake"], "eval_seconds": time.perf_counter() - started}
-        rec.update({k: res[k] for k in ("fid", "is", "is_std", "kid", "kid_std", "extractor", "intra_fid") if k in res})
+        rec.update({k: res[k] for k in ("fid", "is", "is_std", "kid", "kid_std", "extractor", "intra_fid", "precision",
+                                        "recall") if k in res})
         rec["best_fid"] = min(best_fid, res["fid"])
         info(f"step {step:,}: FID {res['fid']:.2f}, IS {res['is']:.2f}"
              + (f", intra-FID {res['intra_fid']:.2f}" if "intra_fid" in res else "")
              + (" (best so far: saved checkpoints/best.pt)" if res["fid"] < best_fid else f" (best {best_fid:.2f})"))
         return rec
+
+
+def _warn_if_cpu_is_busy(device: torch.device) -> None:
+    """Several multi-threaded jobs on one CPU slow each other down many times over: say so."""
+    if device.type != "cpu" or not hasattr(os, "getloadavg"):
+        return
+    cores, threads, load = os.cpu_count() or 1, torch.get_num_threads(), os.getloadavg()[0]
+    if threads > 1 and load > cores + 0.5:
+        warn(f"the CPU is busy (load {load:.1f} on {cores} cores) and torch uses {threads} threads: jobs that share "
+             "the cores slow each other down many times over; give each job fewer threads (OMP_NUM_THREADS=1)")
 
 
 def _check_same_data(saved: dict | None, data: ImageData) -> None:
