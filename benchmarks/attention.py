@@ -122,7 +122,9 @@ def main() -> None:
     print_table(HEADER, rows)
     if args.record:
         append_rows(SECTION, HEADER, rows)
-        print("recorded in benchmarks/RESULTS.md", file=sys.stderr)
+        import common
+
+        print(f"recorded in {common.RESULTS}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+import os
+
+# $SAGAN_RESULTS redirects recorded rows (gpu_check.sh keeps a device run's rows in its output folder)
+RESULTS = Path(os.environ.get("SAGAN_RESULTS", Path(__file__).with_name("RESULTS.md")))
 
 # dense peak TFLOP/s by GPU name fragment: (bf16/fp16 tensor cores, tf32 tensor cores, plain fp32)
 PEAK_TFLOPS = {

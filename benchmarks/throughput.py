@@ -105,6 +105,20 @@ def build(spec: dict, device: torch.device):
     return gan, BatchStream(data, cfg.train.batch_size, seed=0, device=device)
 
 
+def _profile(gan, batches, device: torch.device, path: Path) -> None:
+    """A torch.profiler table of the top kernels over 3 iterations, into ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            gan.train_iteration(batches)
+        sync(device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=40) + "\n")
+
+
 def measure_one(spec: dict) -> dict:
     """Build the training step for ``spec`` and time ``iters`` iterations after ``warmup``."""
     from sagan.distributed import resolve_device
@@ -126,6 +140,8 @@ def measure_one(spec: dict) -> dict:
     elapsed = time.perf_counter() - t0
     peak_mem = _peak_memory(device)
     flops = _count_flops(gan, batches)
+    if spec.get("profile"):
+        _profile(gan, batches, device, Path(spec["profile"]) / f"profile_{spec['preset']}_{spec['precision']}_{spec['mode']}.txt")
     per_iter = elapsed / spec["iters"]
     peak = peak_flops(device, spec["precision"])
     cfg = gan.cfg
@@ -189,6 +205,7 @@ def main() -> None:
     ap.add_argument("--n_dis", type=int, default=None, help="default: the preset's")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="config values for every measurement, e.g. train.diffaug=color,translation")
+    ap.add_argument("--profile", default=None, help="also save a torch.profiler table of each configuration here")
     ap.add_argument("--iters", type=int, default=10, help="timed iterations")
     ap.add_argument("--warmup", type=int, default=3, help="untimed iterations first (compilation happens here)")
     ap.add_argument("--device", default="auto")
@@ -207,7 +224,7 @@ def main() -> None:
             for mode in args.mode:
                 spec = dict(preset=preset, precision=precision, mode=mode, ch=args.ch, batch_size=args.batch_size,
                             n_dis=args.n_dis, iters=args.iters, warmup=args.warmup, device=args.device,
-                            set=_settings(args.set))
+                            set=_settings(args.set), profile=args.profile)
                 print(f"{preset} {precision} {mode} ...", file=sys.stderr, flush=True)
                 r, err = run_isolated(__file__, spec)
                 if r is None:
@@ -244,7 +261,11 @@ def main() -> None:
         append_rows(SECTION, HEADER, rows)
         if loader_rows:
             append_rows(LOADER_SECTION, LOADER_HEADER, loader_rows)
-        print(f"recorded in {Path(__file__).with_name('RESULTS.md')}", file=sys.stderr)
+        import common
+
+        print(f"recorded in {common.RESULTS}", file=sys.stderr)
+    if any(str(r[8]).startswith("failed") for r in rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
