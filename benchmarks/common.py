@@ -73,8 +73,13 @@ def run_child(args: argparse.Namespace, measure) -> bool:
 def run_isolated(script: str, spec: dict) -> tuple[dict | None, str]:
     """Run ``script --one SPEC`` in a fresh Python, so that peak memory, compile caches and an
     out-of-memory kill belong to this one measurement. Returns (result, "") or, when the child
-    printed none, (None, the last line of its stderr)."""
-    run = subprocess.run([sys.executable, script, "--one", json.dumps(spec)], capture_output=True, text=True)
+    printed none, (None, the last line of its stderr). ``spec["timeout"]``, when set, bounds the child
+    in seconds."""
+    try:
+        run = subprocess.run([sys.executable, script, "--one", json.dumps(spec)], capture_output=True, text=True,
+                             timeout=spec.get("timeout"))
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {spec['timeout']} s (compilation included)"
     lines = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
     if lines:
         return json.loads(lines[-1][len("RESULT "):]), ""
@@ -82,8 +87,8 @@ def run_isolated(script: str, spec: dict) -> tuple[dict | None, str]:
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:
-    """The device's dense peak in FLOP/s for ``precision`` (fp32 counts TF32 when torch allows
-    it for matmuls and convolutions); None when unknown (every CPU)."""
+    """The device's dense peak in FLOP/s for ``precision`` (fp32 counts TF32 when cuDNN may use
+    it for convolutions); None when unknown (every CPU)."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -91,7 +96,9 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
         if key in name:
             if precision in ("bf16", "fp16"):
                 return half * 1e12
-            tf32_on = torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+            # convolutions are nearly all of a SAGAN's FLOPs, and cuDNN runs fp32 convolutions on
+            # TF32 tensor cores unless told not to (torch's default), whatever matmuls do
+            tf32_on = torch.backends.cudnn.allow_tf32
             return (tf32 if tf32_on else fp32) * 1e12
     return None
 

@@ -209,6 +209,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10, help="timed iterations")
     ap.add_argument("--warmup", type=int, default=3, help="untimed iterations first (compilation happens here)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds one configuration may take, compilation included (default: no limit)")
     ap.add_argument("--data", default=None, help="also measure the data loader on these images")
     ap.add_argument("--workers", type=int, default=8, help="decoding workers for --data")
     add_protocol_args(ap)
@@ -219,24 +221,28 @@ def main() -> None:
     command = command_line("throughput.py")
     today, torch_v = str(datetime.date.today()), f"torch {torch.__version__}"
     rows, speed = [], {}
-    for preset in args.preset:
-        for precision in args.precision:
-            for mode in args.mode:
+    for mode in args.mode:  # every eager row first: compilation is the slow, fragile part
+        for preset in args.preset:
+            for precision in args.precision:
                 spec = dict(preset=preset, precision=precision, mode=mode, ch=args.ch, batch_size=args.batch_size,
                             n_dis=args.n_dis, iters=args.iters, warmup=args.warmup, device=args.device,
-                            set=_settings(args.set), profile=args.profile)
+                            set=_settings(args.set), profile=args.profile, timeout=args.timeout)
                 print(f"{preset} {precision} {mode} ...", file=sys.stderr, flush=True)
                 r, err = run_isolated(__file__, spec)
                 if r is None:
                     print(f"  failed: {err}", file=sys.stderr)
                     rows.append([today, device_name(), torch_v, f"`{command}`", preset, "", precision, mode,
                                  f"failed: {err}", "", "", "", ""])
+                    if args.record:
+                        append_rows(SECTION, HEADER, rows[-1:])
                     continue
                 speed[(preset, precision, mode)] = r["img_per_s"]
                 mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (no peak for a CPU)"
                 rows.append([today, r["device"], torch_v, f"`{command}`", preset, r["model"], precision, mode,
                              f"{r['img_per_s']:.1f}", f"{r['ms_per_iter']:.1f}", r["peak_memory"],
                              f"{r['gflop_per_iter']:.1f}", mfu])
+                if args.record:  # row by row: a run cut short keeps what it measured
+                    append_rows(SECTION, HEADER, rows[-1:])
                 print(f"  {r['img_per_s']:.1f} img/s, {r['ms_per_iter']:.1f} ms/iter, {r['peak_memory']}, "
                       f"{r['gflop_per_iter']:.1f} GFLOP/iter, MFU {mfu}, warm-up {r['warmup_s']:.1f} s",
                       file=sys.stderr)
@@ -258,7 +264,6 @@ def main() -> None:
                                 str(args.workers), f"{r['img_per_s']:.0f}"])
             print(f"loader, {r['source']}: {r['img_per_s']:.0f} img/s at {res}px", file=sys.stderr)
     if args.record:
-        append_rows(SECTION, HEADER, rows)
         if loader_rows:
             append_rows(LOADER_SECTION, LOADER_HEADER, loader_rows)
         import common
