@@ -17,7 +17,7 @@ def test_options_apply_in_order_defaults_preset_file_overrides(tmp_path, capsys)
     out = r.stdout
     assert "g_ch: 24" in out          # the override beats the file
     assert "lr_d: 0.0003" in out      # the file beats the preset (demo: 4e-4)
-    assert "z_dim: 64" in out         # the preset beats the defaults (128)
+    assert "ema_decay: 0.99\n" in out  # the preset beats the defaults (0.9999)
     assert "adam_eps: 1.0e-08" in out  # a default nobody set
     r = sagan_inproc(capsys, "train", "--model.g_ch", "24", "--config", tmp_path / "c.yaml", "--print_config",
                      cwd=tmp_path)

@@ -125,9 +125,10 @@ class TrainConfig:
     """Decay of the EMA of G's weights (0 disables averaging: EMA = G)."""
     ema_start: int = 1000
     """Step before which the EMA simply copies G."""
-    ema_bn_stats: Literal["average", "copy"] = "copy"
+    ema_bn_stats: Literal["average", "copy"] = "average"
     """G's batch-norm running statistics in the EMA: ``average`` them with the same decay as the
-    weights (BigGAN-PyTorch), or ``copy`` the raw G's. Spectral norm's u/v are always copied."""
+    weights (BigGAN-PyTorch; measured slightly better on the demo), or ``copy`` the raw G's (the
+    official TF code keeps no EMA statistics). Spectral norm's u/v are always copied."""
     ema_bn_batches: int = 0
     """> 0: re-estimate the saved EMA generator's batch-norm statistics at checkpoint time from
     this many batches of fresh noise (standing statistics; 0: keep the running ones)."""
