@@ -1,4 +1,5 @@
 import copy
+import sagan
 
 import pytest
 import torch
@@ -121,3 +122,33 @@ def test_fine_tuning_another_architecture_is_one_line_naming_the_keys(trained_ru
     with pytest.raises(UserError, match=r"another architecture \(model.g_ch: 4 there, 8 here\)") as e:
         Trainer(cfg, tmp_path / "ft", progress=False)
     assert "\n" not in str(e.value)
+
+
+def test_standing_statistics_on_demand_in_sample_and_export(trained_run, tmp_path, capsys):
+    """--standing_stats M gives what models.standing_stats(G, M) gives, computed here directly."""
+    import numpy as np
+    from PIL import Image
+
+    from sagan.images import to_uint8
+    from sagan.models import standing_stats
+
+    from helpers import sagan_inproc
+
+    r = sagan_inproc(capsys, "sample", trained_run, "--grid", "--n", "2", "--class", "1", "--standing_stats", "3",
+                     "--out", tmp_path / "s.png", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    G = standing_stats(sagan.load_generator(trained_run), 3)
+    want = to_uint8(G.sample(2, y=1, seed=0))
+    got = np.asarray(Image.open(tmp_path / "s.png"))
+    plain = to_uint8(sagan.load_generator(trained_run).sample(2, y=1, seed=0))
+    assert not torch.equal(want, plain)  # the statistics did change
+    first = got[2:34, 2:34] if got.ndim == 2 else got[2:34, 2:34, 0]
+    assert np.abs(first.astype(int) - want[0, 0].numpy().astype(int)).max() <= 1
+    r = sagan_inproc(capsys, "export", trained_run, "--out", tmp_path / "g.safetensors", "--standing_stats", "3")
+    assert r.returncode == 0, r.stderr
+    E = sagan.load_generator(tmp_path / "g.safetensors")
+    z, y = torch.randn(4, E.z_dim), torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():
+        assert torch.allclose(E(z, y), G(z, y), atol=1e-5)
+    r = sagan_inproc(capsys, "sample", trained_run, "--standing_stats", "-1", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "--standing_stats must be >= 0" in r.stderr

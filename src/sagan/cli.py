@@ -69,6 +69,9 @@ def _generator_args(p: ArgumentParser, out_help: str, raw: bool = True) -> None:
     p.add_argument("--out", type=Optional[str], default=None, help=out_help)
     p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--standing_stats", type=int, default=0,
+                   help="re-estimate G's batch-norm statistics from this many batches of fresh noise first "
+                        "(BigGAN's standing statistics; default 0: the saved ones)")
 
 
 def _noise_args(p: ArgumentParser, class_help: str) -> None:
@@ -111,6 +114,9 @@ def _export_parser() -> ArgumentParser:
     p.add_argument("--repo_id", type=Optional[str], default=None, help="owner/name on the Hub, for the model card's "
                    "loading instructions")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--standing_stats", type=int, default=0,
+                   help="re-estimate G's batch-norm statistics from this many batches of fresh noise first "
+                        "(BigGAN's standing statistics; default 0: the saved ones)")
     return p
 
 
@@ -128,6 +134,9 @@ def _eval_parser() -> ArgumentParser:
                    help="use a fixed random subset of N reference images (all classes)")
     p.add_argument("--no_intra_fid", action="store_true", help="skip intra-FID for conditional models")
     p.add_argument("--raw", action="store_true", help="score the raw generator instead of its EMA")
+    p.add_argument("--standing_stats", type=int, default=0,
+                   help="re-estimate G's batch-norm statistics from this many batches of fresh noise first "
+                        "(BigGAN's standing statistics; default 0: the saved ones)")
     p.add_argument("--truncation", type=Optional[float], default=None, help="truncation trick threshold")
     p.add_argument("--truncation-sweep", "--truncation_sweep", type=float, nargs="*", default=None,
                    dest="truncation_sweep",
@@ -379,6 +388,18 @@ def _load_for(ns, src: Path):
 
     G = load_generator(src, device=resolve_device(ns.device), ema=not getattr(ns, "raw", False))
     _check_class(G, getattr(ns, "class_", None))
+    return _standing(G, ns)
+
+
+def _standing(G, ns):
+    """``G`` with standing statistics when ``--standing_stats M`` asks for them."""
+    if ns.standing_stats < 0:
+        raise UserError("--standing_stats must be >= 0 (the number of batches of noise)")
+    if ns.standing_stats:
+        from .models import standing_stats
+
+        standing_stats(G, ns.standing_stats)
+        info(f"standing statistics: G's batch norms re-estimated from {ns.standing_stats} batches of 64")
     return G
 
 
@@ -450,7 +471,7 @@ def cmd_export(argv: list[str]) -> int:
              f"'hf://{ns.repo_id or 'OWNER/REPO'}')")
         return 0
     out = _out_path(ns, root, EXPORT)
-    export_generator(src, out, overwrite=ns.overwrite)
+    export_generator(src, out, overwrite=ns.overwrite, transform=lambda G: _standing(G, ns))
     info(f"exported the EMA generator to {out}; load it with sagan.load_generator('{out}')")
     return 0
 
@@ -481,7 +502,7 @@ def cmd_eval(argv: list[str]) -> int:
     device = setup(ns.device)  # under torchrun: one share of the samples per rank
     ckpt_path, state = resolve_checkpoint(ns.source)  # also refuses exported files
     extractor = InceptionExtractor(ns.inception_weights, device=device)  # fail early when the weights are missing
-    G = generator_from_checkpoint(state, ema=not ns.raw).to(device)
+    G = _standing(generator_from_checkpoint(state, ema=not ns.raw).to(device), ns)
     cfg = config_from_dict(state["config"], str(ckpt_path))
     ref = ns.ref if ns.ref is not None else cfg.data
     data = open_dataset(ref, cfg.model.resolution, cfg.model.img_channels,
@@ -603,6 +624,7 @@ def cmd_attention(argv: list[str]) -> int:
     if src.suffix == ".safetensors" and (ns.real or ns.raw):
         raise UserError("--real and --raw need a run directory or checkpoint: exported files hold only the EMA G")
     G, D, _ = load_networks(src, resolve_device(ns.device), ema=not ns.raw)
+    G = _standing(G, ns)
     points = _parse_points(ns.points, ns.grid, G.resolution)
     _check_class(G, ns.class_)
     if ns.real:

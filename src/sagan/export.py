@@ -40,15 +40,19 @@ def baked_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_generator(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
+def export_generator(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
+                     transform=None) -> Path:
     """Write the EMA generator of a run or checkpoint to ``out`` as safetensors, with spectral
-    norm baked into plain weights and the run config in the metadata."""
+    norm baked into plain weights and the run config in the metadata; ``transform(G)``, when
+    given, runs on the generator first (``sagan export --standing_stats``)."""
     from safetensors.torch import save
 
     out = expand(out)
     refuse_existing(out, overwrite)
     _, state = resolve_checkpoint(src)
     G = generator_from_checkpoint(state)
+    if transform is not None:
+        G = transform(G)
     tensors = {k: v.contiguous() for k, v in baked_state_dict(G).items()}
     meta = {"config": json.dumps(state["config"]), "step": str(int(state["step"])), "format": FORMAT}
     return atomic_write(out, save(tensors, metadata=meta))
