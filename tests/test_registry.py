@@ -153,3 +153,14 @@ def test_wandb_in_offline_mode_writes_its_local_run_files(tiny_folder, tmp_path,
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     assert (tmp_path / "run" / "wandb_id").read_text().strip() in runs[0].name
+
+
+def test_the_demo_outputs_folder_does_not_shadow_the_demo(tmp_path, capsys, monkeypatch):
+    """README order: sample demo writes into ./demo/, then interpolate demo must still find the model."""
+    monkeypatch.chdir(tmp_path)
+    r = sagan_inproc(capsys, "sample", "demo", "--grid", "--n", "10", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "demo" / "samples").is_dir()
+    r = sagan_inproc(capsys, "interpolate", "demo", "--classes", "3", "8", "--seeds", "5", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert list((tmp_path / "demo" / "interpolation").glob("*.png"))

@@ -116,6 +116,12 @@ def _from_hub(source: str) -> Path:
         raise UserError(f"{source}: {str(e).splitlines()[0][:160]}") from None
 
 
+def _local_model(p: Path) -> bool:
+    """A local file or run that a registry name must not shadow (a plain folder does not count:
+    ``./demo`` is where the demo's own outputs go)."""
+    return p.is_file() or (p / "checkpoints").is_dir() or (p / ".sagan-run").is_file() or (p / "model.safetensors").is_file()
+
+
 def locate(source: str | os.PathLike) -> Located | None:
     """The local file behind a registry name, a URL or an ``hf://`` address; None for a local path."""
     text = str(source)
@@ -126,7 +132,7 @@ def locate(source: str | os.PathLike) -> Located | None:
         url, _, frag = text.partition("#")
         pin = frag[len("sha256="):] if frag.startswith("sha256=") else None
         return Located(_download(url, pin, url), Path(url.split("?")[0]).stem, True)
-    if text in entries() and not Path(text).exists():
+    if text in entries() and not _local_model(Path(text)):
         e = entries()[text]
         if "file" in e:
             path = Path(str(resources.files("sagan") / "pretrained" / e["file"]))
