@@ -13,7 +13,9 @@
 #   bash benchmarks/gpu_check.sh --cpu-smoke --out /tmp/smoke   # every step at toy size, on the CPU
 #
 # Rows go to DIR/RESULTS.md (the benchmarks' --record, redirected) and logs to DIR/*.log.
-# Knobs (environment): TRAIN_SECONDS (180), COMPILE_TIMEOUT per compiled configuration (100),
+# Order: GPU tests, eager throughput, attention, training and grid, then compiled throughput
+# (the slowest and least certain part) with what is left.
+# Knobs (environment): TRAIN_SECONDS (180), COMPILE_TIMEOUT per compiled configuration (150),
 # TESTS_SECONDS for the fast suite (420), TEST_WORKERS (4, with pytest-xdist), DEADLINE (seconds
 # the whole script may take; the training is shortened to fit).
 set -uo pipefail
@@ -80,9 +82,9 @@ if [ $SMOKE -eq 1 ]; then
   TRAIN_ARGS=(--model.ch 4 --train.batch_size 8 --train.n_dis 1 --device cpu --train.sample_every 5 --train.log_every 2)
 else
   step tests_gpu $PY -m pytest -q -p no:cacheprovider -m gpu
-  # eager rows first; a configuration that compiles for longer than COMPILE_TIMEOUT is a failed row
-  step throughput $PY benchmarks/throughput.py --preset cifar10 imagenet128 --iters 10 --warmup 3 \
-      --timeout "${COMPILE_TIMEOUT:-100}" --profile "$OUT" --record
+  # eager rows now; the compiled ones (minutes of compilation each) come last, after the training
+  step throughput $PY benchmarks/throughput.py --preset cifar10 imagenet128 --mode eager --iters 10 --warmup 3 \
+      --profile "$OUT" --record
   step attention $PY benchmarks/attention.py --record
   TRAIN_SECONDS=${TRAIN_SECONDS:-180}
   TRAIN_ARGS=(--precision bf16)
@@ -113,6 +115,21 @@ steady = rows[len(rows) // 2:] or rows
 print(f"   trained {rows[-1]['step']} steps; img/s (second half of the run): "
       f"{sum(r['img_per_s'] for r in steady) / len(steady):.1f}")
 PYEOF
+# 2b. compiled throughput last: each configuration gets COMPILE_TIMEOUT seconds, or its share of
+# what DEADLINE leaves, so that a slow compilation costs a row, not the run's other results
+if [ $SMOKE -eq 0 ]; then
+  CT=${COMPILE_TIMEOUT:-150}
+  if [ -n "${DEADLINE:-}" ]; then
+    share=$(((DEADLINE - SECONDS - 10) / 4))
+    [ $share -lt $CT ] && CT=$share
+  fi
+  if [ $CT -ge 30 ]; then
+    step throughput_compiled $PY benchmarks/throughput.py --preset cifar10 imagenet128 --mode compiled --iters 10 \
+        --warmup 3 --timeout "$CT" --profile "$OUT" --record
+  else
+    echo "== throughput_compiled: skipped, DEADLINE leaves under 2 minutes" | tee -a "$OUT/summary.txt"
+  fi
+fi
 if kill -0 $TESTS_PID 2>/dev/null; then
   echo "== tests_fast: still running; waiting for it (TESTS_SECONDS caps it)" | tee -a "$OUT/summary.txt"
 fi

@@ -56,13 +56,14 @@ def test_compiled_step_matches_eager_losses_on_cuda(tiny_folder):
         assert torch.allclose(a, b, rtol=2e-3, atol=2e-3), (s1, s2)
 
 
-def test_torchrun_trains_with_nccl_and_compile(tmp_path, tiny_folder):
-    """One process under torchrun: the NCCL process group and compiled, spectrally normalised nets
-    (DDP itself needs two GPUs: NCCL refuses two ranks on one device)."""
+def test_torchrun_trains_with_nccl(tmp_path, tiny_folder):
+    """One process under torchrun: the NCCL process group, its stop vote and checkpoint barriers
+    (DDP itself needs two GPUs: NCCL refuses two ranks on one device; compilation is checked
+    above, without the minute it costs again here)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
            "-m", "sagan", "train", "--data", str(tiny_folder), "--out", str(tmp_path / "run"), "--steps", "3",
-           "--device", "cuda", "--compile", *TINY]
+           "--device", "cuda", *TINY]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints").is_dir() and any((tmp_path / "run" / "checkpoints").iterdir())
