@@ -29,16 +29,24 @@ HEADER = ["date", "device", "torch", "command measured", "wall s (best / median)
           "code", "benchmark command"]
 
 
-def run(cmd: list[str], env: dict) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds, peak RSS bytes) of one fresh process."""
+TIME = "/usr/bin/time"  # GNU time: measures the peak of a process it forks itself
+
+
+def run(cmd: list[str], env: dict) -> tuple[float, float, int | None]:
+    """(wall seconds, CPU seconds, peak RSS bytes) of one fresh process. The peak comes from GNU
+    time when it is installed: a child forked from this process (which has imported torch)
+    would report this process's resident memory as its own high-water mark."""
+    timed = os.path.exists(TIME)
+    full = [TIME, "-f", "PEAK_KB %M", *cmd] if timed else cmd
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(full, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
     err = p.stderr.read().decode()
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+    peaks = [int(line.split()[1]) for line in err.splitlines() if line.startswith("PEAK_KB ")]
+    return wall, usage.ru_utime + usage.ru_stime, peaks[-1] * 1024 if peaks else None
 
 
 def main() -> None:
@@ -70,10 +78,11 @@ def main() -> None:
         shown = " ".join(c if c != "-m" else "python -m" for c in cmd).replace("python -m sagan", "sagan")
         rows.append([str(datetime.date.today()), device_name(), f"torch {torch.__version__}", f"`{shown}`",
                      f"{min(walls):.2f} / {statistics.median(walls):.2f}", f"{statistics.median(cpus):.2f}",
-                     f"{max(peaks) / 2**30:.2f} GiB" if args.sample else "", args.code,
+                     f"{max(peaks) / 2**30:.2f} GiB" if args.sample and None not in peaks else "", args.code,
                      f"`{command_line('startup.py')}`"])
-        print(f"{shown}: wall {min(walls):.2f} s best, CPU {statistics.median(cpus):.2f} s, peak "
-              f"{max(peaks) / 2**20:.0f} MiB", file=sys.stderr)
+        peak = f"{max(peaks) / 2**20:.0f} MiB" if None not in peaks else "not measured (no GNU time)"
+        print(f"{shown}: wall {min(walls):.2f} s best, CPU {statistics.median(cpus):.2f} s, peak {peak}",
+              file=sys.stderr)
     if args.sample:
         shutil.rmtree(out, ignore_errors=True)
     print_table(HEADER, rows)
