@@ -102,3 +102,17 @@ def test_attention_refuses_a_point_outside_the_image(trained_run, tmp_path, cli)
     r = cli("attention", trained_run, "--points", "40,2", "--out", tmp_path / "x")
     assert r.returncode == 2 and "outside the 32x32 image" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_attention_draws_truncated_samples_when_asked(trained_run, tmp_path, cli):
+    from sagan.attention_maps import generated_attention
+    from sagan.loading import load_networks
+
+    G, D, _ = load_networks(trained_run)
+    y = torch.tensor([0, 1])
+    plain, _ = generated_attention(G, D, 2, y, 3, [(16, 16)])
+    trunc, _ = generated_attention(G, D, 2, y, 3, [(16, 16)], truncation=0.5)
+    assert torch.allclose(trunc, G.sample(2, y=y, seed=3, truncation=0.5, batch_size=2))
+    assert not torch.allclose(trunc, plain)
+    r = cli("attention", trained_run, "--n", "2", "--truncation", "0.5", "--seed", "3", "--out", tmp_path / "a")
+    assert r.returncode == 0, r.stderr

@@ -164,3 +164,22 @@ def test_the_demo_outputs_folder_does_not_shadow_the_demo(tmp_path, capsys, monk
     r = sagan_inproc(capsys, "interpolate", "demo", "--classes", "3", "8", "--seeds", "5", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert list((tmp_path / "demo" / "interpolation").glob("*.png"))
+
+
+def test_sagan_offline_keeps_hub_loading_to_the_cache(monkeypatch):
+    """SAGAN_OFFLINE=1 must mean no download for hf:// too, not only for names and URLs."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    seen = {}
+
+    def fake_download(repo, file, revision=None, local_files_only=False):
+        seen.update(repo=repo, local_files_only=local_files_only)
+        raise LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setenv("SAGAN_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(UserError, match="not in the Hugging Face cache"):
+        sagan.load_generator("hf://someone/nothing")
+    assert seen == {"repo": "someone/nothing", "local_files_only": True}

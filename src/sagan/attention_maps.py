@@ -84,7 +84,8 @@ FLAT = 5.0
 
 
 def generated_attention(G: nn.Module, D: nn.Module | None, n: int, y: torch.Tensor | None, seed: int,
-                        points: list[tuple[int, int]]) -> tuple[torch.Tensor, list[LayerMaps]]:
+                        points: list[tuple[int, int]], truncation: float | None = None,
+                        ) -> tuple[torch.Tensor, list[LayerMaps]]:
     """``n`` images from ``G`` (classes ``y``, ``seed``) with the maps of G's attention layers,
     then of D's (when given) on the same images. One batch: each layer keeps only the maps of
     the last batch it ran."""
@@ -92,7 +93,7 @@ def generated_attention(G: nn.Module, D: nn.Module | None, n: int, y: torch.Tens
     out = {}
 
     def generate():
-        out["images"] = G.sample(n, y=y, seed=seed, batch_size=n)
+        out["images"] = G.sample(n, y=y, seed=seed, truncation=truncation, batch_size=n)
 
     layers = attention_maps(G, generate, points, size, "G")
     images = out["images"]

@@ -465,6 +465,9 @@ def cmd_export(argv: list[str]) -> int:
 
     src, root = _locate(ns.source)
     if ns.hub_dir:
+        if ns.standing_stats:
+            raise UserError("--standing_stats does not apply to --hub-dir; export a file with --standing_stats "
+                            "first, then pass that file to --hub-dir")
         out = export_hub_dir(src, expand(ns.hub_dir), overwrite=ns.overwrite, license=ns.license, repo_id=ns.repo_id)
         info(f"wrote a Hugging Face model folder to {out} (model.safetensors, config.json, README.md); upload it "
              f"with `hf upload {ns.repo_id or 'OWNER/REPO'} {out}`, then load it with sagan.load_generator("
@@ -633,13 +636,13 @@ def cmd_attention(argv: list[str]) -> int:
         y = None
         if G.num_classes:
             y = torch.full((ns.n,), ns.class_) if ns.class_ is not None else torch.arange(ns.n) % G.num_classes
-        images, layers = generated_attention(G, D, ns.n, y, ns.seed, points)
+        images, layers = generated_attention(G, D, ns.n, y, ns.seed, points, ns.truncation)
         what = f"{ns.n} generated images (seed {ns.seed})"
     if not layers:
         raise UserError("this model has no self-attention layers (model.g_attn and model.d_attn are empty)"
                         + ("; D has none either, which --real needs" if ns.real else ""))
     tag = ("real" if ns.real else f"seed{ns.seed}") + (f"_class{ns.class_}" if ns.class_ is not None else "") + \
-        f"_n{ns.n}" + ("_points" + "-".join(p.replace(",", "x") for p in ns.points) if ns.points else f"_grid{ns.grid}")
+        (f"_trunc{ns.truncation:g}" if ns.truncation is not None and not ns.real else "") + f"_n{ns.n}" + ("_points" + "-".join(p.replace(",", "x") for p in ns.points) if ns.points else f"_grid{ns.grid}")
     out = output_folder(_out_path(ns, root, Path(ATTENTION) / tag), ns.overwrite)
     images = images.cpu()
     for b in range(images.shape[0]):

@@ -108,7 +108,7 @@ def _from_hub(source: str) -> Path:
         raise UserError("loading from the Hugging Face Hub needs huggingface_hub: pip install 'torch-sagan[hub]'") from None
     repo, rev, file = m.group("repo"), m.group("rev"), m.group("file") or "model.safetensors"
     try:
-        return Path(huggingface_hub.hf_hub_download(repo, file, revision=rev))
+        return Path(huggingface_hub.hf_hub_download(repo, file, revision=rev, local_files_only=offline()))
     except LocalEntryNotFoundError:
         raise UserError(f"{source} is not in the Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE}) and "
                         f"downloads are off or failed: run once online, or `hf download {repo} {file}`") from None
