@@ -17,10 +17,12 @@ data, out, mode, batch, steps = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int
 cfg = tiny_config(data, steps=steps, batch_size=batch, n_dis=2, ckpt_every=1000, log_every=1, sample_every=1000)
 cfg.dataset.flip = True
 cfg.train.seed = 1 if mode == "fit-seed1" else 0
+if mode == "manual-aug":  # augmentation drawn for the global batch, each rank taking its slice
+    cfg.train.diffaug = "color,translation,cutout"
 tr = Trainer(cfg, out / "run", device="cpu", progress=False)
 rank, world = rank_world()
 init = {net: {k: v.detach().clone() for k, v in m.named_parameters()} for net, m in (("G", tr.gan.G), ("D", tr.gan.D))}
-if mode == "manual":
+if mode.startswith("manual"):
     tr.gan.G.eval()  # running statistics: every sample is processed on its own
     for _ in range(steps):
         for _ in range(cfg.train.n_dis):

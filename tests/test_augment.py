@@ -145,3 +145,20 @@ def test_resume_with_augmentation_equals_an_uninterrupted_run(tiny_folder, tmp_p
 
     rows = [json.loads(r) for r in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert all("aug_p" in r and "aug_rt" in r for r in rows)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_augmented_steps_run_under_mixed_precision(tiny_folder, precision):
+    from sagan.config import complete
+    from sagan.data import BatchStream, open_dataset
+    from sagan.gan import GANState
+
+    cfg = tiny_config(tiny_folder, precision=precision, diffaug="color,translation,cutout")
+    data = open_dataset(cfg.data, 32, None, workers=0, progress=False)
+    gan = GANState(complete(cfg, data, workers=0), torch.device("cpu"))
+    batches = BatchStream(data, cfg.train.batch_size, seed=0)
+    before = {k: v.clone() for k, v in gan.D.state_dict().items()}
+    for _ in range(2):
+        stats, _ = gan.train_iteration(batches)
+    assert all(torch.isfinite(v).item() for v in stats)
+    assert any(not torch.equal(before[k], v) for k, v in gan.D.state_dict().items())
