@@ -23,7 +23,7 @@ import sys
 import time
 
 import torch
-from common import add_protocol_args, append_rows, command_line, device_name, print_table, run_child, run_isolated, sync
+from common import RESULTS, add_protocol_args, append_rows, command_line, device_name, print_table, run_child, run_isolated, sync
 
 SECTION = "Attention block (`benchmarks/attention.py`)"
 HEADER = ["date", "device", "torch", "command", "feature map", "N x N/4", "batch, channels, dtype",
@@ -122,9 +122,7 @@ def main() -> None:
     print_table(HEADER, rows)
     if args.record:
         append_rows(SECTION, HEADER, rows)
-        import common
-
-        print(f"recorded in {common.RESULTS}", file=sys.stderr)
+        print(f"recorded in {RESULTS}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import (add_protocol_args, append_rows, command_line, device_name, peak_flops, print_table, run_child,
+from common import (RESULTS, add_protocol_args, append_rows, command_line, device_name, peak_flops, print_table, run_child,
                     run_isolated, sync)
 
 SECTION = "Throughput (`benchmarks/throughput.py`)"
@@ -266,9 +266,7 @@ def main() -> None:
     if args.record:
         if loader_rows:
             append_rows(LOADER_SECTION, LOADER_HEADER, loader_rows)
-        import common
-
-        print(f"recorded in {common.RESULTS}", file=sys.stderr)
+        print(f"recorded in {RESULTS}", file=sys.stderr)
     if any(str(r[8]).startswith("failed") for r in rows):
         sys.exit(1)
 

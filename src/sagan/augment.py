@@ -47,7 +47,7 @@ def draw(op: str, n: int, height: int, width: int, device: torch.device) -> torc
     """Random parameters of ``op`` for ``n`` images: (n,) factors or shifts, or (n, 2) integer offsets."""
     if op in ("brightness", "saturation", "contrast"):
         u = torch.rand(n, device=device)
-        return {"brightness": u - 0.5, "saturation": 2 * u, "contrast": u + 0.5}[op]
+        return u - 0.5 if op == "brightness" else 2 * u if op == "saturation" else u + 0.5
     if op == "translation":
         sy, sx = int(height * TRANSLATION + 0.5), int(width * TRANSLATION + 0.5)
         return torch.stack([torch.randint(-sy, sy + 1, (n,), device=device),
@@ -121,8 +121,8 @@ class DiffAugment:
     def observe(self, real_logits: torch.Tensor) -> None:
         """Accumulate sign(D(real)) for the next :meth:`adjust` (no device sync)."""
         if self.target is not None:
-            self.signs += torch.stack([real_logits.detach().float().sign().sum(),
-                                       torch.tensor(float(real_logits.numel()), device=self.signs.device)])
+            self.signs[0] += real_logits.detach().float().sign().sum()
+            self.signs[1] += real_logits.numel()
 
     def adjust(self) -> None:
         """Move ``p`` towards the target (the counts are summed over processes first)."""

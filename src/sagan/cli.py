@@ -69,6 +69,10 @@ def _generator_args(p: ArgumentParser, out_help: str, raw: bool = True) -> None:
     p.add_argument("--out", type=Optional[str], default=None, help=out_help)
     p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _standing_arg(p)
+
+
+def _standing_arg(p: ArgumentParser) -> None:
     p.add_argument("--standing_stats", type=int, default=0,
                    help="re-estimate G's batch-norm statistics from this many batches of fresh noise first "
                         "(BigGAN's standing statistics; default 0: the saved ones)")
@@ -114,9 +118,7 @@ def _export_parser() -> ArgumentParser:
     p.add_argument("--repo_id", type=Optional[str], default=None, help="owner/name on the Hub, for the model card's "
                    "loading instructions")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--standing_stats", type=int, default=0,
-                   help="re-estimate G's batch-norm statistics from this many batches of fresh noise first "
-                        "(BigGAN's standing statistics; default 0: the saved ones)")
+    _standing_arg(p)
     return p
 
 
@@ -134,9 +136,7 @@ def _eval_parser() -> ArgumentParser:
                    help="use a fixed random subset of N reference images (all classes)")
     p.add_argument("--no_intra_fid", action="store_true", help="skip intra-FID for conditional models")
     p.add_argument("--raw", action="store_true", help="score the raw generator instead of its EMA")
-    p.add_argument("--standing_stats", type=int, default=0,
-                   help="re-estimate G's batch-norm statistics from this many batches of fresh noise first "
-                        "(BigGAN's standing statistics; default 0: the saved ones)")
+    _standing_arg(p)
     p.add_argument("--truncation", type=Optional[float], default=None, help="truncation trick threshold")
     p.add_argument("--truncation-sweep", "--truncation_sweep", type=float, nargs="*", default=None,
                    dest="truncation_sweep",
@@ -373,6 +373,11 @@ def _check_numbers(ns) -> None:
             raise UserError("--seeds must lie in 0 .. 2**63 - 1")
 
 
+def _trunc_tag(ns) -> str:
+    """The part of a default output name that says the samples were truncated."""
+    return f"_trunc{ns.truncation:g}" if ns.truncation is not None else ""
+
+
 def _check_class(G, class_: int | None) -> None:
     if class_ is None:
         return
@@ -429,7 +434,7 @@ def cmd_sample(argv: list[str]) -> int:
         raise UserError("--n must be at least 1")
     src, root = _locate(ns.source)
     tag = (f"seed{ns.seed}" + (f"_class{ns.class_}" if ns.class_ is not None else "")
-           + (f"_trunc{ns.truncation:g}" if ns.truncation is not None else "") + ("_raw" if ns.raw else ""))
+           + _trunc_tag(ns) + ("_raw" if ns.raw else ""))
     out = _out_path(ns, root, Path(SAMPLES) / f"sample_{tag}_n{ns.n}.png" if ns.grid else Path(GENERATED) / tag)
     if ns.grid:  # refusals before any sampling
         refuse_existing(out, ns.overwrite)
@@ -438,17 +443,14 @@ def cmd_sample(argv: list[str]) -> int:
         output_folder(out, ns.overwrite)
     G = _load_for(ns, src)
     n, y, cols = _sample_labels(G, ns)
-    batches = G.sample_batches(n, y=y, seed=ns.seed, truncation=ns.truncation)
     if ns.grid:
-        import torch
-
-        save_grid(torch.cat([b.cpu() for b, _ in batches]), out, columns=cols)
+        save_grid(G.sample(n, y=y, seed=ns.seed, truncation=ns.truncation).cpu(), out, columns=cols)
         rows = " (one row per class)" if G.num_classes and ns.class_ is None else ""
         info(f"wrote a grid of {n} images{rows} to {out}")
         return 0
     done = 0
     with tqdm(total=n, desc="sampling", unit="img", disable=n < 1000) as bar:
-        for images, labels in batches:  # one batch in memory at a time
+        for images, labels in G.sample_batches(n, y=y, seed=ns.seed, truncation=ns.truncation):  # one batch in memory at a time
             names = [f"{done + i:06d}" + (f"_class{int(labels[i])}" if labels is not None else "")
                      for i in range(len(images))]
             write_pngs(images, out, names)
@@ -641,8 +643,9 @@ def cmd_attention(argv: list[str]) -> int:
     if not layers:
         raise UserError("this model has no self-attention layers (model.g_attn and model.d_attn are empty)"
                         + ("; D has none either, which --real needs" if ns.real else ""))
+    points_tag = "_points" + "-".join(p.replace(",", "x") for p in ns.points) if ns.points else f"_grid{ns.grid}"
     tag = ("real" if ns.real else f"seed{ns.seed}") + (f"_class{ns.class_}" if ns.class_ is not None else "") + \
-        (f"_trunc{ns.truncation:g}" if ns.truncation is not None and not ns.real else "") + f"_n{ns.n}" + ("_points" + "-".join(p.replace(",", "x") for p in ns.points) if ns.points else f"_grid{ns.grid}")
+        ("" if ns.real else _trunc_tag(ns)) + f"_n{ns.n}" + points_tag
     out = output_folder(_out_path(ns, root, Path(ATTENTION) / tag), ns.overwrite)
     images = images.cpu()
     for b in range(images.shape[0]):
@@ -694,8 +697,7 @@ def cmd_interpolate(argv: list[str]) -> int:
     src, root = _locate(ns.source)
     G = _load_for(ns, src)
     rows, tag = _interpolation_rows(ns, G)
-    tag += (f"_trunc{ns.truncation:g}" if ns.truncation is not None else "") + ("" if ns.method == "both" or ns.classes
-                                                                              else f"_{ns.method}")
+    tag += _trunc_tag(ns) + ("" if ns.method == "both" or ns.classes else f"_{ns.method}")
     out = _out_path(ns, root, INTERPOLATION)
     strip, gif = out / f"{tag}.png", out / f"{tag}.gif"
     for path in (strip, gif):

@@ -75,7 +75,8 @@ class _Files:
             if unsafe:  # absolute or escaping names would make nameless or foreign classes
                 warn(f"skipped {len(unsafe)} entr{'ies' if len(unsafe) > 1 else 'y'} of {root} with an absolute or "
                      f"parent path ({', '.join(unsafe[:3])}{', ...' if len(unsafe) > 3 else ''})")
-            self.names = [n for n in names if n not in set(unsafe)]
+            skipped = set(unsafe)
+            self.names = [n for n in names if n not in skipped]
         else:
             self.names = []
             seen, loops = set(), 0

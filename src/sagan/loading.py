@@ -61,8 +61,9 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
 def _from_safetensors(path: Path) -> Generator:
     tensors, config = _read_safetensors(path)
     G = build_generator(config_from_dict(config, f"{path}'s metadata").model, sn=False)
-    missing, unexpected = G.state_dict().keys() - tensors.keys(), tensors.keys() - G.state_dict().keys()
-    wrong = [k for k in G.state_dict().keys() & tensors.keys() if G.state_dict()[k].shape != tensors[k].shape]
+    own = G.state_dict()
+    missing, unexpected = own.keys() - tensors.keys(), tensors.keys() - own.keys()
+    wrong = [k for k in own.keys() & tensors.keys() if own[k].shape != tensors[k].shape]
     if missing or unexpected or wrong:
         what = (f"{len(missing)} tensors missing" if missing else f"{len(unexpected)} unexpected tensors"
                 if unexpected else f"{wrong[0]} has another shape")
