@@ -1,9 +1,9 @@
 import copy
-import sagan
 
 import pytest
 import torch
 
+import sagan
 from sagan.console import UserError
 from sagan.models import Generator
 from sagan.export import baked_state_dict

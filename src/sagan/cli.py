@@ -364,7 +364,8 @@ def _check_numbers(ns) -> None:
               ("batch_size", lambda v: v >= 1, "must be at least 1"),
               ("ref_samples", lambda v: v is None or v >= 1, "must be at least 1 (or left out: all images)"),
               ("resolution", lambda v: v is None or v >= 8, "must be at least 8 pixels"),
-              ("truncation", lambda v: v is None or v > 0, "must be positive (typical values: 0.5 to 2)")]
+              ("truncation", lambda v: v is None or v > 0, "must be positive (typical values: 0.5 to 2)"),
+              ("standing_stats", lambda v: v >= 0, "must be >= 0 (the number of batches of noise)")]
     for name, ok, msg in checks:
         if hasattr(ns, name) and not ok(getattr(ns, name)):
             raise UserError(f"--{name} {msg}")
@@ -398,8 +399,6 @@ def _load_for(ns, src: Path):
 
 def _standing(G, ns):
     """``G`` with standing statistics when ``--standing_stats M`` asks for them."""
-    if ns.standing_stats < 0:
-        raise UserError("--standing_stats must be >= 0 (the number of batches of noise)")
     if ns.standing_stats:
         from .models import standing_stats
 

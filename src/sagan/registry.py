@@ -132,8 +132,8 @@ def locate(source: str | os.PathLike) -> Located | None:
         url, _, frag = text.partition("#")
         pin = frag[len("sha256="):] if frag.startswith("sha256=") else None
         return Located(_download(url, pin, url), Path(url.split("?")[0]).stem, True)
-    if text in entries() and not _local_model(Path(text)):
-        e = entries()[text]
+    e = entries().get(text)
+    if e is not None and not _local_model(Path(text)):
         if "file" in e:
             path = Path(str(resources.files("sagan") / "pretrained" / e["file"]))
             if e.get("sha256") and sha256_of(path) != e["sha256"]:
