@@ -1,14 +1,12 @@
 """Metrics, offline: no Inception weights, a small stand-in extractor injected instead."""
 
 import json
-import socket
 
 import numpy as np
 import pytest
 import torch
 
-from sagan import metrics
-from sagan.console import UserError
+from sagan import inception, metrics
 from helpers import StandIn
 
 
@@ -96,31 +94,13 @@ def test_whole_eval_path_with_a_stand_in_extractor(tiny_folder, cache):
     assert abs(self_score["fid"]) < 1e-6
 
 
-def test_missing_weights_error_without_network(tmp_path, monkeypatch):
-    def no_network(*a, **k):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv(metrics.WEIGHTS_ENV, raising=False)
-    monkeypatch.setenv("SAGAN_OFFLINE", "1")
-    with pytest.raises(UserError, match=metrics.WEIGHTS_FILE) as e:
-        metrics.resolve_inception_weights()
-    assert "--inception-weights" in str(e.value) and str(tmp_path / "torch") in str(e.value)
-    with pytest.raises(UserError, match="not found at"):
-        metrics.resolve_inception_weights(tmp_path / "nope.pth")
-    monkeypatch.setenv(metrics.WEIGHTS_ENV, str(tmp_path / "also-nope.pth"))
-    with pytest.raises(UserError, match=metrics.WEIGHTS_ENV):
-        metrics.resolve_inception_weights()
-
-
 def test_eval_command_reports_missing_weights_in_one_line(trained_run, monkeypatch, capsys, tmp_path):
     from sagan.cli import main
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("SAGAN_OFFLINE", "1")
-    monkeypatch.delenv(metrics.WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv(inception.WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(inception, "find_bundled_file", lambda: None)  # as without the fid extra
     assert main(["eval", str(trained_run), "--n", "10"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Inception weights") and "Traceback" not in err
@@ -137,33 +117,11 @@ def test_eval_command_with_stand_in_writes_json(trained_run, monkeypatch, capsys
     assert [json.loads(f.read_text())["n_fake"] for f in files].count(20) == 1
 
 
-def test_inception_extractor_wiring_with_random_weights(tmp_path, monkeypatch):
-    """torch-fidelity's TF-Inception, built from a weights file of the right shape (random
-    values, since the real file cannot be downloaded here): uint8 in, 2048-d pool and 1008
-    logits out, and grayscale batches are expanded to RGB on the way in."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    monkeypatch.setattr(torch, "load", lambda *a, **k: {})
-    monkeypatch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
-    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=__file__)
-    monkeypatch.undo()
-    weights = tmp_path / metrics.WEIGHTS_FILE
-    torch.save(net.state_dict(), weights)
-    monkeypatch.setenv(metrics.WEIGHTS_ENV, str(weights))
-    ex = metrics.InceptionExtractor()
-    gray = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
-    feats = metrics.extract([(gray, torch.zeros(3))], ex, progress=False)
-    assert feats.pool.shape == (3, 2048) and feats.logits.shape == (3, 1008)
-    # the pool features are what the network computes on the RGB-expanded batch
-    ref = net(gray.expand(-1, 3, -1, -1))[0]
-    torch.testing.assert_close(feats.pool.float(), ref)
-
-
 _SHARDED = r"""
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
 from helpers import StandIn
-from sagan import metrics
+from sagan import inception, metrics
 from sagan.data import open_dataset
 from sagan.distributed import init_from_env, cleanup, rank_world
 from sagan.models import Generator
@@ -282,7 +240,7 @@ def test_truncation_sweep_scores_each_threshold_and_plots_the_trade_off(trained_
 
 def _random_inception_file(path, seed):
     torch.manual_seed(seed)
-    net = metrics.inception_network(None)  # random init, the real file's keys and shapes
+    net = inception.inception_network(None)  # random init, the real file's keys and shapes
     torch.save(net.state_dict(), path)
     return path
 
@@ -298,7 +256,7 @@ def test_reference_statistics_are_keyed_to_the_inception_weights(tmp_path, monke
     monkeypatch.setenv("SAGAN_CACHE", str(tmp_path / "cache"))  # a cache of its own, to count its entries
     data = open_dataset(write_class_folder(tmp_path / "d", per_class=6), 32, 3, progress=False)
     G = Generator(32, ch=8, z_dim=8, num_classes=2, attn=[16]).eval()
-    a, b = (metrics.InceptionExtractor(_random_inception_file(tmp_path / f"w{s}.pth", s)) for s in (1, 2))
+    a, b = (inception.InceptionExtractor(_random_inception_file(tmp_path / f"w{s}.pth", s)) for s in (1, 2))
     assert a.name != b.name and a.name.startswith("tf-inception-v3-compat:")
     fid_a = metrics.evaluate_generator(G, data, n=12, extractor=a, batch_size=12, progress=False)
     fid_b = metrics.evaluate_generator(G, data, n=12, extractor=b, batch_size=12, progress=False)
@@ -307,30 +265,6 @@ def test_reference_statistics_are_keyed_to_the_inception_weights(tmp_path, monke
     again = metrics.evaluate_generator(G, data, n=12, extractor=b, batch_size=12, progress=False)
     assert again["reference_cached"] and again["fid"] == pytest.approx(fid_b["fid"], rel=1e-9)
     assert len(list((metrics.cache_dir() / "reference").glob("*.pt"))) == 2
-
-
-class _RunsCode:
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {os.environ['PWNED_MARKER']}",))
-
-
-def test_a_crafted_or_garbage_inception_weights_file_runs_no_code_and_is_one_line(tmp_path, monkeypatch):
-    marker = tmp_path / "pwned"
-    monkeypatch.setenv("PWNED_MARKER", str(marker))
-    evil = tmp_path / "evil.pth"
-    torch.save({"Conv2d_1a_3x3.conv.weight": _RunsCode()}, evil)
-    with pytest.raises(UserError, match="not a TF-Inception weights file that loads safely") as e:
-        metrics.InceptionExtractor(evil)
-    assert not marker.exists() and "\n" not in str(e.value)
-    (tmp_path / "garbage.pth").write_bytes(b"\x00\x01 not a weights file" * 100)
-    with pytest.raises(UserError, match="loads safely"):
-        metrics.InceptionExtractor(tmp_path / "garbage.pth")
-    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
-    with pytest.raises(UserError, match="do not fit the TF-Inception network") as e:
-        metrics.InceptionExtractor(tmp_path / "other.pth")
-    assert "\n" not in str(e.value)
 
 
 def _pr_by_hand(fake, real, k=3):
@@ -353,3 +287,69 @@ def test_precision_and_recall_match_their_definition_and_known_limits():
     assert 0.5 < p < 1 and r < 0.9  # junk lowers precision, the narrow mode recall
     assert metrics.precision_recall(real, real) == (1.0, 1.0)
     assert metrics.precision_recall(real + 100, real) == (0.0, 0.0)
+
+
+class _PoolOnly(StandIn):
+    """An extractor without a classifier, as with the bundled Inception features: logits of width 0."""
+
+    name = "pool-only-v1"
+
+    def __init__(self, weights=None, device="cpu"):
+        super().__init__()
+
+    def __call__(self, x):
+        f, _ = super().__call__(x)
+        return f, f[:, :0]
+
+
+def test_every_result_names_its_protocol(trained_run, tiny_folder, monkeypatch, capsys, cache, tmp_path):
+    """The numbers a score depends on travel with it: eval JSON (EMA and raw, truncation, a
+    reference subset) and score JSON, counted independently of the code that writes them."""
+    from sagan.cli import main
+    from sagan.data import open_dataset
+
+    monkeypatch.setattr(metrics, "InceptionExtractor", _StandInFactory)
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(trained_run), "--n", "14", "--batch_size", "7", "--raw", "--truncation", "0.7",
+                 "--ref_samples", "10", "--json", str(out)]) == 0
+    p = json.loads(out.read_text())["protocol"]
+    assert p["n_generated"] == 14 and p["n_reference"] == 10 and p["reference_subset"] == "fixed random 10"
+    assert p["generator"] == "raw" and p["truncation"] == 0.7 and p["extractor"] == StandIn.name
+    assert p["reference"] == str(trained_run.parent / "shapes")  # the run's training data
+    assert "centre-cropped to 32 px" in p["reference_preparation"]
+    assert main(["eval", str(trained_run), "--n", "10", "--batch_size", "5", "--json", str(out)]) == 0
+    p = json.loads(out.read_text())["protocol"]
+    assert p["generator"] == "ema" and p["truncation"] is None and p["reference_subset"] == "all"
+    assert p["n_reference"] == len(open_dataset(trained_run.parent / "shapes", 32, verbose=False))
+    assert "10 EMA G vs" in capsys.readouterr().out  # the table's protocol line
+    assert main(["score", str(tiny_folder), str(tiny_folder), "--json", str(out)]) == 0
+    p = json.loads(out.read_text())["protocol"]
+    assert p["generator"] is None and p["n_generated"] == p["n_reference"] == 32
+
+
+def test_the_bundled_features_score_without_is_and_say_so_in_one_line(tiny_folder, monkeypatch, capsys, cache,
+                                                                      tmp_path):
+    from sagan.cli import main
+
+    monkeypatch.setattr(metrics, "InceptionExtractor", _PoolOnly)
+    out = tmp_path / "score.json"
+    assert main(["score", str(tiny_folder), str(tiny_folder), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert "is" not in res and "is_std" not in res and abs(res["fid"]) < 1e-6 and "precision" in res
+    captured = capsys.readouterr()
+    assert "not computed (no classifier)" in captured.out
+    lines = [ln for ln in captured.err.splitlines() if "IS needs the full" in ln]
+    assert len(lines) == 1 and "--inception-weights" in lines[0]
+
+
+def test_training_eval_rows_carry_their_protocol_and_need_no_is(tiny_folder, tmp_path):
+    from helpers import tiny_config
+    from sagan.training import Trainer
+
+    cfg = tiny_config(tiny_folder, steps=2, eval_every=2, eval_samples=12, eval_batch_size=6)
+    Trainer(cfg, tmp_path / "run", progress=False, extractor=_PoolOnly()).fit()
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    ev = [r for r in rows if r.get("eval")]
+    assert ev and all("is" not in r for r in ev)
+    assert ev[-1]["protocol"]["n_generated"] == 12 and ev[-1]["protocol"]["generator"] == "ema"
+    assert ev[-1]["protocol"]["n_reference"] == 32 and ev[-1]["protocol"]["extractor"] == _PoolOnly.name

@@ -14,7 +14,8 @@ import torch
 
 from sagan import rundir
 from sagan.console import UserError
-from sagan.rundir import RunDir, RunLock, atomic_write, refuse_existing
+from sagan.rundir import RunDir, RunLock
+from sagan.files import atomic_write, refuse_existing
 
 from helpers import TINY, sagan_inproc, tiny_config, write_class_folder
 

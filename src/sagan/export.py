@@ -13,7 +13,8 @@ from torch.nn.utils import parametrize
 
 from .loading import generator_from_checkpoint
 from .models import eval_mode
-from .rundir import atomic_write, expand, refuse_existing, resolve_checkpoint
+from .rundir import resolve_checkpoint
+from .files import atomic_write, expand, refuse_existing
 
 __all__ = ["export_generator", "baked_state_dict"]
 
@@ -84,12 +85,9 @@ def _model_card(config: dict, step: int | None, scores: list[dict], license: str
     meta = {"library_name": "torch-sagan", "license": license, "pipeline_tag": "unconditional-image-generation",
             "tags": ["gan", "sagan", "self-attention-gan", "image-generation", "pytorch"]}
     if scores:
-        meta["metrics"] = ["fid", "inception_score"]
-    table = "\n".join(
-        f"| {r.get('step', '?')} | {r.get('n_fake', '?')} | {r['fid']:.2f} | {r['is']:.2f} | "
-        f"{r.get('intra_fid', float('nan')):.2f} | {r.get('reference', '?')} |" for r in scores)
-    scores_md = ("| step | samples | FID | IS | intra-FID | reference |\n| --- | --- | --- | --- | --- | --- |\n" + table
-                 if scores else "No evaluation was recorded for this run (`sagan eval RUN` writes one).")
+        meta["metrics"] = ["fid"] + (["inception_score"] if any("is" in r for r in scores) else [])
+    scores_md = (_scores_table(scores) if scores else
+                 "No evaluation was recorded for this run (`sagan eval RUN` writes one).")
     return f"""---
 {yaml.safe_dump(meta, sort_keys=False).strip()}
 ---
@@ -126,9 +124,24 @@ trains the same model again.
 
 {scores_md}
 
-Scores are torch-sagan's TF-Inception pipeline (torch-fidelity); compare only numbers with the same
-reference set and sample count.
+Scores are torch-sagan's TF-Inception pipeline (torch-fidelity); each row's protocol says what it was
+computed against. Compare only numbers with the same protocol: the reference set, the sample count
+and the Inception weights all move FID.
 """
+
+
+def _scores_table(scores: list[dict]) -> str:
+    from .metrics import protocol_line
+
+    def num(r, k):
+        return f"{r[k]:.2f}" if k in r else "-"
+
+    def how(r):
+        return protocol_line(r) if "protocol" in r else f"{r.get('n_fake', '?')} samples vs {r.get('reference', '?')}"
+
+    rows = "\n".join(f"| {r.get('step', '?')} | {num(r, 'fid')} | {num(r, 'is')} | {num(r, 'intra_fid')} | {how(r)} |"
+                     for r in scores)
+    return "| step | FID | IS | intra-FID | protocol |\n| --- | --- | --- | --- | --- |\n" + rows
 
 
 def export_hub_dir(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, license: str = "other",
@@ -142,7 +155,8 @@ def export_hub_dir(src: str | os.PathLike, out: str | os.PathLike, overwrite: bo
 
     from .images import save_grid
     from .loading import load_generator, model_file
-    from .rundir import output_folder, run_of
+    from .rundir import run_of
+    from .files import output_folder
 
     out = output_folder(expand(out), overwrite)
     path = model_file(src)

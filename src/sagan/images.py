@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from .files import atomic_write
+
 __all__ = ["to_uint8", "to_model_range", "save_grid", "grid_inputs", "write_pngs"]
 
 
@@ -36,8 +38,6 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int) -> Path:
     """Save images in [-1, 1] as one grid image (its format from the extension, written
     atomically) with ``columns`` images per row."""
     from torchvision.utils import save_image
-
-    from .rundir import atomic_write
 
     path = Path(path)
     fmt = image_format(path)

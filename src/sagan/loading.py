@@ -12,7 +12,8 @@ import torch
 from .config import ModelConfig, config_from_dict
 from .console import UserError
 from .models import Discriminator, Generator, build_discriminator, build_generator
-from .rundir import expand, resolve_checkpoint
+from .rundir import resolve_checkpoint
+from .files import expand
 
 __all__ = ["load_generator", "load_networks", "generator_from_checkpoint", "discriminator_from_checkpoint"]
 

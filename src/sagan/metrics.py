@@ -1,23 +1,22 @@
-"""Inception Score, FID, KID and intra-FID, computed the way published numbers are.
+"""Inception Score, FID, KID, precision/recall and intra-FID, computed the way published numbers are.
 
-Features come from torch-fidelity's port of the TensorFlow Inception network
-(``inception-v3-compat``: 2048-d pool features and the 1008-way ``logits_unbiased``), which
-reproduces TF1's bilinear resize to 299x299. The features-to-metric steps are torch-fidelity's
-own functions (``fid_statistics_to_metric``, ``isc_features_to_metric``,
-``kid_features_to_metric``), called directly on uint8 image batches; its generator-wrapper
-path is not used (it breaks on NumPy 2).
+Features come from :mod:`sagan.inception` (torch-fidelity's port of the TensorFlow Inception
+network, with either the full weights file or the bundled features of the ``fid`` extra). The
+features-to-metric steps are torch-fidelity's own functions (``fid_statistics_to_metric``,
+``isc_features_to_metric``, ``kid_features_to_metric``), called directly on uint8 image batches;
+its generator-wrapper path is not used (it breaks on NumPy 2). Every result carries its
+``protocol``: the extractor and the sha256 of its weights, the numbers of generated and reference
+images, the reference set and its split, the resize, the truncation and which generator.
 
 Any callable taking a uint8 (N, 3, H, W) batch and returning ``(pool, logits)`` can stand in
-for Inception (``extractor=``), which is how the tests run offline.
+for Inception (``extractor=``), which is how the tests run offline; logits of width 0 mean that
+the extractor has no classifier, and IS is left out.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -26,16 +25,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .console import UserError, info
+from .console import UserError
 from .data import default_workers
 from .distributed import comm_device, is_main, rank_world
+from .files import cache_dir
 from .images import to_uint8
+from .inception import InceptionExtractor
 from .models import eval_mode
 
 __all__ = [
-    "WEIGHTS_FILE",
-    "WEIGHTS_ENV",
-    "resolve_inception_weights",
     "InceptionExtractor",
     "Features",
     "extract",
@@ -45,122 +43,7 @@ __all__ = [
     "compute_metrics",
 ]
 
-WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
-WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + WEIGHTS_FILE
-WEIGHTS_ENV = "SAGAN_INCEPTION_WEIGHTS"
-OFFLINE_ENV = "SAGAN_OFFLINE"
-
 Extractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-def _hub_path() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
-
-
-def resolve_inception_weights(path: str | os.PathLike | None = None, download: bool | None = None) -> Path:
-    """Find the TF-Inception weights: ``path``, else ``$SAGAN_INCEPTION_WEIGHTS``, else the torch
-    hub cache. If none exists, download into the hub cache (15 s network timeout) unless
-    ``download`` is False or ``$SAGAN_OFFLINE`` is set. Raises one clear UserError otherwise."""
-    where = f"{_hub_path()}"
-    hint = (f"download {WEIGHTS_URL} and pass --inception-weights PATH, set {WEIGHTS_ENV}=PATH, "
-            f"or put the file at {where}")
-    for given, origin in ((path, "--inception-weights"), (os.environ.get(WEIGHTS_ENV), WEIGHTS_ENV)):
-        if given:
-            p = Path(given).expanduser()
-            if not p.is_file():
-                raise UserError(f"Inception weights not found at {p} (from {origin}); {hint}")
-            return p
-    if _hub_path().is_file():
-        return _hub_path()
-    if download is None:
-        download = not os.environ.get(OFFLINE_ENV)
-    if not download:
-        raise UserError(f"Inception weights {WEIGHTS_FILE} not found and downloads are off; {hint}")
-    info(f"downloading {WEIGHTS_FILE} to {where}")
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(15)
-    try:
-        _hub_path().parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(WEIGHTS_URL, str(_hub_path()), progress=True)
-    except Exception as e:
-        raise UserError(f"Inception weights {WEIGHTS_FILE} not found and the download failed "
-                        f"({type(e).__name__}); {hint}") from None
-    finally:
-        socket.setdefaulttimeout(old)
-    return _hub_path()
-
-
-class _TorchLoading:
-    """``torch`` as torch-fidelity's Inception module sees it while being built: its ``load``
-    returns the state dict that :func:`read_inception_weights` already checked, so that the
-    weights file is never unpickled with ``weights_only=False``."""
-
-    def __init__(self, state: dict | None):
-        self._state = state
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    def load(self, *args, **kwargs):
-        return self._state
-
-
-def read_inception_weights(path: Path) -> tuple[dict, str]:
-    """The weights file as a plain state dict of tensors (no code can run while it loads) and the
-    sha256 of its bytes, which names the extractor in cached statistics."""
-    import io
-
-    try:
-        blob = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read the Inception weights {path} ({e.strerror or e})") from None
-    try:
-        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} is not a TF-Inception weights file that loads safely ({type(e).__name__}); "
-                        f"download {WEIGHTS_FILE} again") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} is not a state dict of tensors; download {WEIGHTS_FILE} again")
-    return state, hashlib.sha256(blob).hexdigest()
-
-
-def inception_network(state: dict | None):
-    """torch-fidelity's TF-Inception network holding ``state`` (its keys and shapes checked);
-    None leaves it randomly initialised (for tests)."""
-    from unittest import mock
-
-    from torch_fidelity import feature_extractor_inceptionv3 as fe
-
-    patches = [mock.patch.object(fe, "torch", _TorchLoading(state))]
-    if state is None:
-        patches.append(mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None))
-    with contextlib.ExitStack() as stack:
-        for p in patches:
-            stack.enter_context(p)
-        try:
-            return fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                                  feature_extractor_weights_path="(checked state dict)")
-        except RuntimeError as e:  # load_state_dict: missing or unexpected keys, other shapes
-            first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-            raise UserError(f"the Inception weights do not fit the TF-Inception network ({first[:120]}); "
-                            f"download {WEIGHTS_FILE} again") from None
-
-
-class InceptionExtractor:
-    """TF-Inception features through torch-fidelity: ``(pool 2048-d, logits 1008-d)``. Its
-    ``name`` carries the weights' sha256, so statistics cached with other weights are not reused."""
-
-    def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
-        path = resolve_inception_weights(weights)
-        state, digest = read_inception_weights(path)
-        self.name = f"tf-inception-v3-compat:{digest[:16]}"
-        self.net = inception_network(state).to(device).eval()
-        self.device = torch.device(device)
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pool, logits = self.net(images.to(self.device))
-        return pool, logits
 
 
 def _name_of(extractor) -> str:
@@ -334,10 +217,11 @@ def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int = 3) -> tupl
 
 
 def compute_metrics(fake: Features, real: Features, intra_fid: bool = True) -> dict[str, float]:
-    """IS of ``fake``; FID and KID of ``fake`` against ``real``; and, when both carry the same
+    """IS of ``fake`` (when the extractor gives logits); FID and KID of ``fake`` against ``real``; and, when both carry the same
     classes, intra-FID: the mean over classes of the FID between same-class features."""
     res: dict[str, float] = {}
-    res["is"], res["is_std"] = inception_score(fake.logits)
+    if fake.logits.shape[1] > 0:  # the bundled features have no classifier, so no IS
+        res["is"], res["is_std"] = inception_score(fake.logits)
     res["fid"] = fid_from_features(fake.pool, real.pool)
     res["kid"], res["kid_std"] = kid(fake.pool, real.pool)
     classes = sorted(set(real.labels.tolist()))
@@ -357,10 +241,6 @@ def compute_metrics(fake: Features, real: Features, intra_fid: bool = True) -> d
 
 
 # ---------------------------------------------------------------------------- reference cache
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SAGAN_CACHE", Path.home() / ".cache" / "torch-sagan"))
 
 
 def _broadcast(obj):
@@ -406,16 +286,46 @@ def reference_features(data, extractor: Extractor, extractor_name: str | None = 
 
 # ---------------------------------------------------------------------------- whole evaluations
 
+IS_NEEDS_FULL_FILE = ("IS needs the full TF-Inception weights file (the bundled features have no classifier): "
+                      "pass --inception-weights weights-inception-2015-12-05-6726825d.pth")
+
+
+def protocol(extractor, n_generated: int, reference, n_reference: int, ref_limit: int | None = None,
+             truncation: float | None = None, generator: str | None = None) -> dict:
+    """Everything a score depends on, so that a number can be compared with another: the extractor
+    and its weights, the numbers of images, the reference set, its split and preparation, the
+    truncation and which generator (``ema``, ``raw``; None for a folder of images)."""
+    proto = extractor.protocol() if hasattr(extractor, "protocol") else {"extractor": _name_of(extractor)}
+    proto.update(
+        n_generated=n_generated, n_reference=n_reference, reference=str(reference.source),
+        reference_split=getattr(reference, "split", None) or "all images of the folder or zip",
+        reference_subset=f"fixed random {ref_limit}" if ref_limit and ref_limit < len(reference) else "all",
+        reference_preparation=f"resized (shorter side) and centre-cropped to {reference.resolution} px, not flipped",
+        truncation=truncation, generator=generator)
+    return proto
+
+
+def protocol_line(res: dict) -> str:
+    """The protocol of a result in one line, for tables and logs."""
+    p = res.get("protocol") or {}
+    sha = (p.get("weights_sha256") or "")[:12]
+    who = {"ema": "EMA G", "raw": "raw G"}.get(p.get("generator"), "images")
+    ref = Path(str(p.get("reference", "?"))).name + (f" {p['reference_split']}" if p.get("reference_split") in
+                                                     ("train", "test") else "")
+    trunc = f"truncation {p['truncation']}" if p.get("truncation") else "no truncation"
+    return (f"{p.get('n_generated', '?'):,} {who} vs {p.get('n_reference', '?'):,} {ref}; "
+            f"TF-Inception pool, weights {sha or p.get('extractor', '?')}; TF1 bilinear to 299; {trunc}")
+
 
 def evaluate_generator(G, reference, n: int = 50_000, extractor: Extractor | None = None,
                        extractor_name: str | None = None, batch_size: int = 250, seed: int = 0,
                        intra_fid: bool = True, truncation: float | None = None, ref_limit: int | None = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, generator: str = "ema") -> dict:
     """Score ``G`` (pass the EMA generator) against ``reference`` (an
     :class:`sagan.data.ImageData`); G runs in eval mode and is left as it was. Conditional
     generators get class-balanced samples so that intra-FID compares equal numbers per class.
     Under torchrun, each rank generates and embeds its share of the samples, and every rank
-    returns the same dict of metrics."""
+    returns the same dict of metrics, with its ``protocol`` (``generator`` names which G it was)."""
     if extractor is None:
         extractor = InceptionExtractor(device=next(G.parameters()).device)
     extractor_name = extractor_name or _name_of(extractor)
@@ -430,7 +340,9 @@ def evaluate_generator(G, reference, n: int = 50_000, extractor: Extractor | Non
     if is_main():
         res = compute_metrics(fake, real, intra_fid=intra_fid and cond)
         res.update(reference=str(reference.source), reference_cached=cached, extractor=extractor_name,
-                   resolution=reference.resolution, truncation=truncation)
+                   resolution=reference.resolution, truncation=truncation,
+                   protocol=protocol(extractor, len(fake.pool), reference, len(real.pool), ref_limit, truncation,
+                                     generator))
     return _broadcast(res)
 
 
@@ -445,18 +357,21 @@ def evaluate_folders(a, b, extractor: Extractor, extractor_name: str | None = No
     res = None
     if is_main():
         res = compute_metrics(fa, fb, intra_fid=False)
-        res.update(reference=str(b.source), reference_cached=cached, extractor=extractor_name, resolution=a.resolution)
+        res.update(reference=str(b.source), reference_cached=cached, extractor=extractor_name, resolution=a.resolution,
+                   protocol=protocol(extractor, len(fa.pool), b, len(fb.pool)))
     return _broadcast(res)
 
 
 def format_table(res: dict) -> str:
     """The headline metrics as an aligned text table."""
-    rows = [("IS", f"{res['is']:.3f} +- {res['is_std']:.3f}"), ("FID", f"{res['fid']:.3f}"),
-            ("KID", f"{res['kid']:.5f} +- {res['kid_std']:.5f}")]
+    rows = [("FID", f"{res['fid']:.3f}"), ("KID", f"{res['kid']:.5f} +- {res['kid_std']:.5f}"),
+            ("IS", f"{res['is']:.3f} +- {res['is_std']:.3f}" if "is" in res else "not computed (no classifier)")]
     if "precision" in res:
         rows.append(("precision / recall", f"{res['precision']:.3f} / {res['recall']:.3f}"))
     if "intra_fid" in res:
         rows.append(("intra-FID", f"{res['intra_fid']:.3f}"))
     rows.append(("samples", f"{res['n_fake']:,} generated vs {res['n_real']:,} reference"))
+    if "protocol" in res:
+        rows.append(("protocol", protocol_line(res)))
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

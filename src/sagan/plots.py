@@ -58,14 +58,16 @@ def line_plot(series: dict[str, tuple[list, list]], title: str, xlabel: str, yla
 
 def truncation_plot(points: list[dict], title: str):
     """IS against FID, one point per truncation threshold (``points[i]["truncation"]``; None,
-    the last, is no truncation), each labelled with its threshold."""
+    the last, is no truncation), each labelled with its threshold. Without IS (the bundled
+    Inception features have no classifier), KID takes its place on the x axis."""
+    x = "is" if all("is" in p for p in points) else "kid"
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
-    ax.plot([p["is"] for p in points[:-1]], [p["fid"] for p in points[:-1]], marker="o", label="truncated z")
-    ax.plot([points[-1]["is"]], [points[-1]["fid"]], marker="s", linestyle="none", color="C3", label="no truncation")
+    ax.plot([p[x] for p in points[:-1]], [p["fid"] for p in points[:-1]], marker="o", label="truncated z")
+    ax.plot([points[-1][x]], [points[-1]["fid"]], marker="s", linestyle="none", color="C3", label="no truncation")
     for p in points:
-        ax.annotate(f"T={p['truncation']}" if p["truncation"] is not None else "none", (p["is"], p["fid"]),
+        ax.annotate(f"T={p['truncation']}" if p["truncation"] is not None else "none", (p[x], p["fid"]),
                     textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel("Inception Score (higher: more recognisable)")
+    ax.set_xlabel("Inception Score (higher: more recognisable)" if x == "is" else "KID (lower: closer to the data)")
     ax.set_ylabel("FID (lower: closer to the data)")
     ax.set_title(title)
     ax.grid(alpha=0.3)

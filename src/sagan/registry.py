@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 from .console import UserError, info, warn
+from .files import cache_dir, sha256_of
 
 __all__ = ["entries", "Located", "locate", "offline", "sha256_of"]
 
@@ -41,16 +42,8 @@ def offline() -> bool:
     return bool(os.environ.get("SAGAN_OFFLINE")) or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false")
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _cache() -> Path:
-    return Path(os.environ.get("SAGAN_CACHE", Path.home() / ".cache" / "torch-sagan")) / "models"
+    return cache_dir() / "models"
 
 
 @dataclass

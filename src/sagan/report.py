@@ -18,7 +18,8 @@ import yaml
 
 from .config import config_to_dict
 from .console import UserError, info, warn
-from .rundir import REPORT, RunDir, atomic_write, expand, refuse_existing
+from .rundir import REPORT, RunDir
+from .files import atomic_write, expand, refuse_existing
 
 e = html.escape
 
@@ -111,9 +112,11 @@ def _plots(train: list[dict], evals: list[dict], config: dict) -> list[tuple[str
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()
+        from .metrics import protocol_line
+
         n = evals[-1].get("eval_samples", "?")
-        out.append(("FID and IS", f"Scores of the EMA generator during training ({n} samples each, "
-                    f"{evals[-1].get('extractor', '')}).", figure_png(fig)))
+        how = protocol_line(evals[-1]) if "protocol" in evals[-1] else f"{n} samples each, {evals[-1].get('extractor', '')}"
+        out.append(("FID and IS", f"Scores of the EMA generator during training ({how}).", figure_png(fig)))
     return out
 
 
@@ -174,7 +177,8 @@ def _facts(train: list[dict], evals: list[dict]) -> str:
                   ("last losses", f"D {last['d_loss']:.3f}, G {last['g_loss']:.3f}")]
     if evals:
         best = min(evals, key=lambda r: r["fid"])
-        facts.append(("best FID", f"{best['fid']:.2f} at step {best['step']:,} (IS {best.get('is', float('nan')):.2f})"))
+        facts.append(("best FID", f"{best['fid']:.2f} at step {best['step']:,}"
+                      + (f" (IS {best['is']:.2f})" if "is" in best else "")))
     if not facts:
         return ""
     return "<table class='facts'>" + "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in facts) + "</table>"

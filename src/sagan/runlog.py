@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from .images import save_grid
-from .rundir import RunDir, atomic_write
+from .rundir import RunDir
+from .files import atomic_write
 
 __all__ = ["RunLog", "JsonlSink", "TensorBoardSink"]
 

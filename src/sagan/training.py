@@ -291,7 +291,8 @@ class StatsMeter:
 
 
 class TrainingEval:
-    """IS, FID, KID (and intra-FID) of the EMA generator during training. Its inputs are checked
+    """FID, KID, precision/recall, IS with the full Inception file (and intra-FID) of the EMA generator
+    during training, each record with its protocol. Its inputs are checked
     when the trainer starts, so that missing Inception weights or reference data stop the run
     before it trains; it leaves the global RNG untouched, so training goes on as without it."""
 
@@ -315,9 +316,9 @@ class TrainingEval:
                                      batch_size=t.eval_batch_size, seed=t.seed, progress=False)
         rec = {"step": step, "eval": True, "eval_samples": res["n_fake"], "eval_seconds": time.perf_counter() - started}
         rec.update({k: res[k] for k in ("fid", "is", "is_std", "kid", "kid_std", "extractor", "intra_fid", "precision",
-                                        "recall") if k in res})
+                                        "recall", "protocol") if k in res})
         rec["best_fid"] = min(best_fid, res["fid"])
-        info(f"step {step:,}: FID {res['fid']:.2f}, IS {res['is']:.2f}"
+        info(f"step {step:,}: FID {res['fid']:.2f}" + (f", IS {res['is']:.2f}" if "is" in res else "")
              + (f", intra-FID {res['intra_fid']:.2f}" if "intra_fid" in res else "")
              + (" (best so far: saved checkpoints/best.pt)" if res["fid"] < best_fid else f" (best {best_fid:.2f})"))
         return rec
