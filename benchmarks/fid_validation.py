@@ -31,7 +31,8 @@ from common import RESULTS, add_protocol_args, command_line, device_name  # noqa
 
 from sagan.data import open_dataset  # noqa: E402
 from sagan.inception import BUNDLED, InceptionExtractor, find_bundled_file  # noqa: E402
-from sagan.metrics import fid_from_features, reference_features  # noqa: E402
+from sagan.features import reference_features  # noqa: E402
+from sagan.metrics import fid_from_features  # noqa: E402
 
 
 def conversion_check(extractor: InceptionExtractor, test_zip: Path, n: int) -> float:

@@ -31,10 +31,11 @@ _WHERE = {
     "load_preset": "config", "load_config": "config",
     "open_dataset": "data", "ImageData": "data", "BatchStream": "data",
 }
-_MODULES = ("metrics", "models", "layers", "data", "config", "training", "gan", "losses", "loading", "export",
-            "images", "augment", "interpolation", "attention_maps", "report", "registry", "rundir", "checkpoints")
+_MODULES = ("metrics", "evaluation", "features", "inception", "models", "layers", "data", "config", "training", "gan",
+            "losses", "loading", "sources", "export", "images", "augment", "interpolation", "attention_maps", "report",
+            "registry", "rundir", "files", "checkpoints")
 
-__all__ = sorted(_WHERE) + ["metrics"]
+__all__ = sorted(_WHERE) + ["metrics", "evaluation"]
 
 
 def __getattr__(name: str):

@@ -337,27 +337,17 @@ def cmd_train(argv: list[str]) -> int:
 # ------------------------------------------------------------------------------------- verbs that read a model
 
 
-def _locate(source: str) -> tuple[Path, Path]:
-    """The local file or run behind ``source`` and the folder its outputs go to by default: the
-    run directory for a run or a checkpoint in one; a folder named after the file beside a file
-    elsewhere; ``./<name>`` for a pretrained name, a URL or a Hub model (never the cache)."""
-    from .registry import locate
-    from .rundir import run_of
+def _model_of(ns):
+    """The model the verb reads (resolved once) and the run-laid-out folder its outputs go to."""
+    from .sources import resolve_source
 
-    found = locate(source)
-    if found is not None:
-        return found.path, Path(found.name)
-    from .loading import model_file
-
-    path = model_file(source)
-    if path.is_dir() or path.parent.name == "checkpoints" or not path.exists():
-        return path, run_of(path)
-    return path, path.parent / path.stem
+    src = resolve_source(ns.source)
+    return src, RunDir(src.outputs)
 
 
-def _out_path(ns, root: Path, default: str | Path) -> Path:
+def _out_path(ns, default: Path) -> Path:
     """--out, or ``default`` inside the folder the source's outputs go to."""
-    return expand(ns.out) if ns.out else root / default
+    return expand(ns.out) if ns.out else default
 
 
 def _check_numbers(ns) -> None:
@@ -390,7 +380,7 @@ def _check_class(G, class_: int | None) -> None:
         raise UserError(f"--class must lie in 0..{G.num_classes - 1}")
 
 
-def _load_for(ns, src: Path):
+def _load_for(ns, src):
     from .distributed import resolve_device
     from .loading import load_generator
 
@@ -428,16 +418,15 @@ def cmd_sample(argv: list[str]) -> int:
     ns = _parse(_sample_parser(), argv)
     from tqdm.auto import tqdm
 
-    from .images import image_format, save_grid, write_pngs
-    from .rundir import GENERATED, SAMPLES
     from .files import output_folder, refuse_existing
+    from .images import image_format, save_grid, write_pngs
 
     if ns.n < 1:
         raise UserError("--n must be at least 1")
-    src, root = _locate(ns.source)
+    src, run = _model_of(ns)
     tag = (f"seed{ns.seed}" + (f"_class{ns.class_}" if ns.class_ is not None else "")
            + _trunc_tag(ns) + ("_raw" if ns.raw else ""))
-    out = _out_path(ns, root, Path(SAMPLES) / f"sample_{tag}_n{ns.n}.png" if ns.grid else Path(GENERATED) / tag)
+    out = _out_path(ns, run.samples / f"sample_{tag}_n{ns.n}.png" if ns.grid else run.generated / tag)
     if ns.grid:  # refusals before any sampling
         refuse_existing(out, ns.overwrite)
         image_format(out)
@@ -465,9 +454,8 @@ def cmd_sample(argv: list[str]) -> int:
 def cmd_export(argv: list[str]) -> int:
     ns = _parse(_export_parser(), argv)
     from .export import export_generator, export_hub_dir
-    from .rundir import EXPORT
 
-    src, root = _locate(ns.source)
+    src, run = _model_of(ns)
     if ns.hub_dir:
         if ns.standing_stats:
             raise UserError("--standing_stats does not apply to --hub-dir; export a file with --standing_stats "
@@ -477,7 +465,7 @@ def cmd_export(argv: list[str]) -> int:
              f"with `hf upload {ns.repo_id or 'OWNER/REPO'} {out}`, then load it with sagan.load_generator("
              f"'hf://{ns.repo_id or 'OWNER/REPO'}')")
         return 0
-    out = _out_path(ns, root, EXPORT)
+    out = _out_path(ns, run.export)
     export_generator(src, out, overwrite=ns.overwrite, transform=lambda G: _standing(G, ns))
     info(f"exported the EMA generator to {out}; load it with sagan.load_generator('{out}')")
     return 0
@@ -487,7 +475,7 @@ def _print_results(res: dict, json_paths: list[Path]) -> None:
     """The metrics as a table and as JSON on stdout, and the JSON into each of ``json_paths``."""
     import json
 
-    from .metrics import IS_NEEDS_FULL_FILE, format_table
+    from .evaluation import IS_NEEDS_FULL_FILE, format_table
     from .files import write_json
 
     print(format_table(res))
@@ -503,14 +491,14 @@ def cmd_eval(argv: list[str]) -> int:
     from .data import open_dataset
     from .distributed import is_main, setup
     from .loading import generator_from_checkpoint
-    from .metrics import InceptionExtractor, evaluate_generator
-    from .rundir import resolve_checkpoint, run_of
     from .files import free_path
+    from .evaluation import InceptionExtractor, evaluate_generator
 
     if ns.n < 2:
         raise UserError("--n must be at least 2")
     device = setup(ns.device)  # under torchrun: one share of the samples per rank
-    ckpt_path, state = resolve_checkpoint(ns.source)  # also refuses exported files
+    src, run = _model_of(ns)
+    ckpt_path, state = src.checkpoint()  # refuses exported files
     extractor = InceptionExtractor(ns.inception_weights, device=device)  # fail early when the weights are missing
     G = _standing(generator_from_checkpoint(state, ema=not ns.raw).to(device), ns)
     cfg = config_from_dict(state["config"], str(ckpt_path))
@@ -518,7 +506,7 @@ def cmd_eval(argv: list[str]) -> int:
     data = open_dataset(ref, cfg.model.resolution, cfg.model.img_channels,
                         ns.ref_split or (cfg.dataset.split if ns.ref is None else "train"))
     if ns.truncation_sweep is not None:
-        return _truncation_sweep(ns, G, data, extractor, int(state["step"]), ckpt_path)
+        return _truncation_sweep(ns, G, data, extractor, int(state["step"]), ckpt_path, run)
     res = evaluate_generator(G, data, n=ns.n, extractor=extractor, batch_size=ns.batch_size,
                              seed=ns.seed, intra_fid=not ns.no_intra_fid, truncation=ns.truncation,
                              ref_limit=ns.ref_samples, generator="raw" if ns.raw else "ema")
@@ -526,45 +514,32 @@ def cmd_eval(argv: list[str]) -> int:
     if not is_main():
         return 0
     paths = [expand(ns.json)] if ns.json else []
-    if RunDir(run_of(ckpt_path)).has_checkpoints():  # never overwrite an earlier evaluation (another --ref, say)
+    if run.has_checkpoints():  # never overwrite an earlier evaluation (another --ref, say)
         tag = f"step{res['step']:08d}_{res['generator']}_n{ns.n}" + (f"_trunc{ns.truncation}" if ns.truncation else "")
-        paths.append(free_path(RunDir(run_of(ckpt_path)).eval, tag, ".json"))
+        paths.append(free_path(run.eval, tag, ".json"))
     _print_results(res, paths)
     return 0
 
 
-def _truncation_sweep(ns, G, data, extractor, step: int, ckpt_path: Path) -> int:
+def _truncation_sweep(ns, G, data, extractor, step: int, ckpt_path: Path, run: RunDir) -> int:
     """IS and FID at each truncation threshold, and without: a JSON file and the trade-off plot."""
     from .distributed import is_main
-    from .metrics import IS_NEEDS_FULL_FILE, evaluate_generator
-    from .plots import save_figure, truncation_plot
-    from .rundir import run_of
-    from .files import free_path, write_json
+    from .evaluation import IS_NEEDS_FULL_FILE, save_truncation_sweep, sweep_table, truncation_sweep
+    from .files import free_path
 
-    values = sorted(set(ns.truncation_sweep)) or [0.25, 0.5, 0.75, 1.0, 1.5, 2.0]
-    if min(values) <= 0:
-        raise UserError("--truncation-sweep thresholds must be positive (typical: 0.25 to 2)")
-    points = []
-    for t in values + [None]:
-        res = evaluate_generator(G, data, n=ns.n, extractor=extractor, batch_size=ns.batch_size, seed=ns.seed,
-                                 intra_fid=False, truncation=t, ref_limit=ns.ref_samples,
-                                 generator="raw" if ns.raw else "ema")
-        points.append({"truncation": t, **{k: res[k] for k in ("fid", "is", "is_std", "kid", "kid_std") if k in res}})
-        info(f"truncation {t if t is not None else 'none'}: FID {res['fid']:.2f}"
-             + (f", IS {res['is']:.2f}" if "is" in res else f", KID {res['kid']:.4f}"))
+    sweep = truncation_sweep(G, data, ns.truncation_sweep, ns.n, extractor, ns.batch_size, ns.seed, ns.ref_samples,
+                             "raw" if ns.raw else "ema")
     if not is_main():
         return 0
-    fig = truncation_plot(points, f"Truncation trade-off, step {step:,}, {ns.n:,} samples per point")
+    sweep = {"step": step, "checkpoint": str(ckpt_path), **sweep}
     stem = f"truncation_sweep_step{step:08d}_{'raw' if ns.raw else 'ema'}_n{ns.n}"
-    png = save_figure(fig, free_path(RunDir(run_of(ckpt_path)).eval, stem, ".png"))
-    result = {"step": step, "checkpoint": str(ckpt_path), "n": ns.n, "reference": str(data.source), "points": points,
-              "protocol": {**res["protocol"], "truncation": "per point"}}
-    paths = write_json(result, png.with_suffix(".json"), *([expand(ns.json)] if ns.json else []))
-    print("\n".join(f"T={p['truncation'] if p['truncation'] is not None else 'none':>5}  FID {p['fid']:8.3f}  "
-                    + (f"IS {p['is']:7.3f}" if "is" in p else f"KID {p['kid']:.5f}") for p in points))
-    if "is" not in points[0]:
+    written = save_truncation_sweep(sweep, free_path(run.eval, stem, ".png"),
+                                    f"Truncation trade-off, step {step:,}, {ns.n:,} samples per point",
+                                    *([expand(ns.json)] if ns.json else []))
+    print(sweep_table(sweep["points"]))
+    if "is" not in sweep["points"][0]:
         info(IS_NEEDS_FULL_FILE)
-    info(f"wrote {png} and {paths[0]}")
+    info(f"wrote {written[0]} and {written[1]}")
     return 0
 
 
@@ -572,7 +547,7 @@ def cmd_score(argv: list[str]) -> int:
     ns = _parse(_score_parser(), argv)
     from .data import open_dataset, peek_resolution
     from .distributed import is_main, setup
-    from .metrics import InceptionExtractor, evaluate_folders
+    from .evaluation import InceptionExtractor, evaluate_folders
 
     device = setup(ns.device)
     extractor = InceptionExtractor(ns.inception_weights, device=device)  # before decoding any data
@@ -631,14 +606,13 @@ def cmd_attention(argv: list[str]) -> int:
 
     from .attention_maps import draw_combined, draw_image, generated_attention
     from .distributed import resolve_device
-    from .loading import load_networks
-    from .rundir import ATTENTION
     from .files import output_folder
+    from .loading import load_networks
 
     if not 1 <= ns.n <= 256:
         raise UserError("--n must lie in 1..256 (each image gets its own figure)")
-    src, root = _locate(ns.source)
-    if src.suffix == ".safetensors" and (ns.real or ns.raw):
+    src, run = _model_of(ns)
+    if src.exported and (ns.real or ns.raw):
         raise UserError("--real and --raw need a run directory or checkpoint: exported files hold only the EMA G")
     G, D, _ = load_networks(src, resolve_device(ns.device), ema=not ns.raw)
     G = _standing(G, ns)
@@ -658,7 +632,7 @@ def cmd_attention(argv: list[str]) -> int:
     points_tag = "_points" + "-".join(p.replace(",", "x") for p in ns.points) if ns.points else f"_grid{ns.grid}"
     tag = ("real" if ns.real else f"seed{ns.seed}") + (f"_class{ns.class_}" if ns.class_ is not None else "") + \
         ("" if ns.real else _trunc_tag(ns)) + f"_n{ns.n}" + points_tag
-    out = output_folder(_out_path(ns, root, Path(ATTENTION) / tag), ns.overwrite)
+    out = output_folder(_out_path(ns, run.attention / tag), ns.overwrite)
     images = images.cpu()
     for b in range(images.shape[0]):
         cls = f", class {int(y[b])}" if y is not None else ""
@@ -697,9 +671,8 @@ def cmd_interpolate(argv: list[str]) -> int:
     ns = _parse(_interpolate_parser(), argv)
     import torch
 
-    from .images import save_grid
-    from .rundir import INTERPOLATION
     from .files import refuse_existing
+    from .images import save_grid
 
     if ns.method not in ("both", "slerp", "lerp"):
         raise UserError(f"--method must be slerp, lerp or both, not {ns.method!r}")
@@ -707,11 +680,11 @@ def cmd_interpolate(argv: list[str]) -> int:
         raise UserError("--steps must be at least 2 (the two endpoints)")
     if ns.fps <= 0:
         raise UserError("--fps must be positive")
-    src, root = _locate(ns.source)
+    src, run = _model_of(ns)
     G = _load_for(ns, src)
     rows, tag = _interpolation_rows(ns, G)
     tag += _trunc_tag(ns) + ("" if ns.method == "both" or ns.classes else f"_{ns.method}")
-    out = _out_path(ns, root, INTERPOLATION)
+    out = _out_path(ns, run.interpolation)
     strip, gif = out / f"{tag}.png", out / f"{tag}.gif"
     for path in (strip, gif):
         refuse_existing(path, ns.overwrite)

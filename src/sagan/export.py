@@ -11,10 +11,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .files import atomic_write, expand, refuse_existing
 from .loading import generator_from_checkpoint
 from .models import eval_mode
-from .rundir import resolve_checkpoint
-from .files import atomic_write, expand, refuse_existing
+from .rundir import HUB_MODEL
+from .sources import ModelSource, resolve_source
 
 __all__ = ["export_generator", "baked_state_dict"]
 
@@ -41,16 +42,20 @@ def baked_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_generator(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
+def export_generator(src: str | os.PathLike | ModelSource, out: str | os.PathLike, overwrite: bool = False,
                      transform=None) -> Path:
     """Write the EMA generator of a run or checkpoint to ``out`` as safetensors, with spectral
     norm baked into plain weights and the run config in the metadata; ``transform(G)``, when
     given, runs on the generator first (``sagan export --standing_stats``)."""
-    from safetensors.torch import save
-
     out = expand(out)
     refuse_existing(out, overwrite)
-    _, state = resolve_checkpoint(src)
+    return _write_generator(resolve_source(src).checkpoint()[1], out, transform)
+
+
+def _write_generator(state: dict, out: Path, transform=None) -> Path:
+    """The EMA generator of a loaded checkpoint, SN baked in, as safetensors at ``out``."""
+    from safetensors.torch import save
+
     G = generator_from_checkpoint(state)
     if transform is not None:
         G = transform(G)
@@ -67,7 +72,9 @@ def _scores(run: Path) -> list[dict]:
     import json
 
     rows = []
-    for p in sorted((run / "eval").glob("step*.json")):
+    from .rundir import RunDir
+
+    for p in sorted(RunDir(run).eval.glob("step*.json")):
         try:
             r = json.loads(p.read_text())
         except ValueError:
@@ -131,7 +138,7 @@ and the Inception weights all move FID.
 
 
 def _scores_table(scores: list[dict]) -> str:
-    from .metrics import protocol_line
+    from .evaluation import protocol_line
 
     def num(r, k):
         return f"{r[k]:.2f}" if k in r else "-"
@@ -153,26 +160,23 @@ def export_hub_dir(src: str | os.PathLike, out: str | os.PathLike, overwrite: bo
 
     import yaml
 
-    from .images import save_grid
-    from .loading import load_generator, model_file
-    from .rundir import run_of
     from .files import output_folder
+    from .images import save_grid
+    from .loading import _read_safetensors, load_generator
 
+    source = resolve_source(src)
     out = output_folder(expand(out), overwrite)
-    path = model_file(src)
-    if path.suffix == ".safetensors":
-        from .loading import _read_safetensors
-
-        tensors, config = _read_safetensors(path)
-        atomic_write(out / "model.safetensors", path.read_bytes())
+    if source.exported:
+        _, config = _read_safetensors(source.path)  # checked before it is copied
+        atomic_write(out / HUB_MODEL, source.path.read_bytes())
         step, scores = None, []
     else:
-        ckpt, state = resolve_checkpoint(path)
-        export_generator(ckpt, out / "model.safetensors", overwrite=True)
-        config, step, scores = state["config"], int(state["step"]), _scores(run_of(ckpt))
+        _, state = source.checkpoint()  # read once
+        _write_generator(state, out / HUB_MODEL)
+        config, step, scores = state["config"], int(state["step"]), _scores(source.outputs)
     atomic_write(out / "config.json", json.dumps({"library_name": "torch-sagan", **config}, indent=2) + "\n")
     atomic_write(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    G = load_generator(out / "model.safetensors")
+    G = load_generator(out / HUB_MODEL)
     k = G.num_classes
     y = torch.arange(min(k, 10)).repeat_interleave(8) if k else None
     save_grid(G.sample(len(y) if k else 64, y=y, seed=0), out / "samples.png", columns=8)

@@ -12,8 +12,7 @@ import torch
 from .config import ModelConfig, config_from_dict
 from .console import UserError
 from .models import Discriminator, Generator, build_discriminator, build_generator
-from .rundir import resolve_checkpoint
-from .files import expand
+from .sources import ModelSource, resolve_source
 
 __all__ = ["load_generator", "load_networks", "generator_from_checkpoint", "discriminator_from_checkpoint"]
 
@@ -73,20 +72,8 @@ def _from_safetensors(path: Path) -> Generator:
     return G
 
 
-def model_file(source: str | os.PathLike) -> Path:
-    """The local path behind ``source``: a registry name, an https:// URL or an hf:// address is
-    fetched (verified, cached); a folder written by ``sagan export --hub-dir`` gives its
-    ``model.safetensors``; anything else is a local path, with ``~`` expanded."""
-    from .registry import locate
-
-    found = locate(source)
-    path = found.path if found else expand(source)
-    if path.is_dir() and (path / "model.safetensors").is_file() and not (path / "checkpoints").is_dir():
-        return path / "model.safetensors"
-    return path
-
-
-def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True) -> Generator:
+def load_generator(path: str | os.PathLike | ModelSource, device: str | torch.device = "cpu",
+                   ema: bool = True) -> Generator:
     """Load a generator ready to sample, in eval mode.
 
     ``path`` is a run directory (its latest checkpoint), a checkpoint file (``.pt``), an exported
@@ -96,33 +83,24 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
     unless ``ema=False``. ``G(z, y)`` gives images in [-1, 1]; ``G.sample(n, y=None, seed=None)``
     is the convenience form.
     """
-    path = model_file(path)
-    if not path.exists():
-        raise UserError(f"{path} does not exist; pass a run directory, a checkpoint, an exported .safetensors file, "
-                        f"a pretrained name ({', '.join(_names())}), an https:// URL or hf://owner/repo")
-    if path.suffix == ".safetensors":
+    src = resolve_source(path)
+    if src.exported:
         if not ema:
             raise UserError("--raw needs a run directory or checkpoint: exported files hold only the EMA generator")
-        G = _from_safetensors(path)
+        G = _from_safetensors(src.path)
     else:
-        G = generator_from_checkpoint(resolve_checkpoint(path)[1], ema)
+        G = generator_from_checkpoint(src.checkpoint()[1], ema)
     return G.to(device).eval()
 
 
-def _names() -> list[str]:
-    from .registry import entries
-
-    return list(entries())
-
-
-def load_networks(path: str | os.PathLike, device: str | torch.device = "cpu",
+def load_networks(path: str | os.PathLike | ModelSource, device: str | torch.device = "cpu",
                   ema: bool = True) -> tuple[Generator, Discriminator | None, dict]:
     """G (EMA unless ``ema=False``) and D of a run or checkpoint, in eval mode, with a few facts
     about where they come from (``step``, ``checkpoint``); an exported file gives G only."""
-    path = model_file(path)
-    if path.suffix == ".safetensors":
-        return load_generator(path, device, ema), None, {"step": None, "checkpoint": str(path)}
-    ckpt, state = resolve_checkpoint(path)
+    src = resolve_source(path)
+    if src.exported:
+        return load_generator(src, device, ema), None, {"step": None, "checkpoint": str(src.path)}
+    ckpt, state = src.checkpoint()
     G = generator_from_checkpoint(state, ema).to(device).eval()
     D = discriminator_from_checkpoint(state).to(device).eval()
     return G, D, {"step": int(state["step"]), "checkpoint": str(ckpt), "config": state["config"]}
@@ -158,13 +136,11 @@ def _refresh_spectral_vectors(model: torch.nn.Module, iterations: int = 15) -> N
 def _source_state(source: str | os.PathLike) -> tuple[dict, dict, str]:
     """(config dict, {"G", "D", "G_ema"} state dicts it has, description) of a run, a checkpoint
     or an exported generator (whose G, the EMA one, has SN baked in: key "G_plain")."""
-    path = model_file(source)
-    if path.suffix == ".safetensors":
-        if not path.exists():
-            raise UserError(f"--init_from {path} does not exist")
-        tensors, config = _read_safetensors(path)
-        return config, {"G_plain": tensors}, f"the exported generator {path.name} (G only: D starts fresh)"
-    ckpt, state = resolve_checkpoint(path)
+    src = resolve_source(source)
+    if src.exported:
+        tensors, config = _read_safetensors(src.path)
+        return config, {"G_plain": tensors}, f"the exported generator {src.path.name} (G only: D starts fresh)"
+    ckpt, state = src.checkpoint()
     return state["config"], {k: state[k] for k in ("G", "D", "G_ema")}, f"{ckpt} (step {int(state['step']):,}: G, D and the EMA)"
 
 

@@ -112,7 +112,7 @@ def _plots(train: list[dict], evals: list[dict], config: dict) -> list[tuple[str
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()
-        from .metrics import protocol_line
+        from .evaluation import protocol_line
 
         n = evals[-1].get("eval_samples", "?")
         how = protocol_line(evals[-1]) if "protocol" in evals[-1] else f"{n} samples each, {evals[-1].get('extractor', '')}"

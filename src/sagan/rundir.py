@@ -31,7 +31,7 @@ import yaml
 from .console import UserError, info, warn
 from .files import atomic_write, expand, write_text
 
-__all__ = ["RunDir", "RunLock", "resolve_checkpoint", "run_of"]
+__all__ = ["RunDir", "RunLock", "run_of"]
 
 MARKER = ".sagan-run"
 LOCK = ".lock"
@@ -46,6 +46,7 @@ INTERPOLATION = "interpolation"
 GENERATED = "generated"
 REPORT = "report.html"
 EXPORT = "generator_ema.safetensors"
+HUB_MODEL = "model.safetensors"  # the model file of a folder written by sagan export --hub-dir
 # what --overwrite deletes: the run's own entries, nothing else in the folder
 ENTRIES = (CONFIG_FILE, CKPT_DIR, SAMPLES, TB, METRICS, EXPORT, GENERATED, EVAL, ATTENTION, INTERPOLATION, REPORT,
            "wandb", "wandb_id")
@@ -149,6 +150,11 @@ class RunDir:
     metrics = property(lambda self: self.path / METRICS)
     tb = property(lambda self: self.path / TB)
     eval = property(lambda self: self.path / EVAL)
+    generated = property(lambda self: self.path / GENERATED)
+    attention = property(lambda self: self.path / ATTENTION)
+    interpolation = property(lambda self: self.path / INTERPOLATION)
+    report = property(lambda self: self.path / REPORT)
+    export = property(lambda self: self.path / EXPORT)
 
     def has_checkpoints(self) -> bool:
         from .checkpoints import CheckpointManager
@@ -242,26 +248,6 @@ class RunDir:
         from .checkpoints import CheckpointManager
 
         return CheckpointManager(self.checkpoints).latest(map_location, quiet=quiet)
-
-
-def resolve_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[Path, dict]:
-    """(path, state) for a run directory (its newest readable checkpoint) or a checkpoint file."""
-    from .checkpoints import load_checkpoint
-
-    path = expand(path)
-    if not path.exists():
-        raise UserError(f"{path} does not exist; pass a run directory or a checkpoint (.pt)")
-    if path.is_dir():
-        found = RunDir(path).latest_checkpoint(map_location)
-        if found is None:
-            raise UserError(f"{path} holds no checkpoint yet; train first (sagan train --out {path})")
-        return found
-    if path.suffix == ".safetensors":
-        raise UserError(f"{path} is an exported generator, not a checkpoint; pass a run directory or a .pt checkpoint")
-    state = load_checkpoint(path, map_location)
-    if not isinstance(state, dict) or not {"config", "G_ema", "G", "step"} <= set(state):
-        raise UserError(f"{path} is not a sagan checkpoint")
-    return path, state
 
 
 def run_of(path: Path) -> Path:

@@ -80,7 +80,7 @@ class Trainer:
     def _setup(self, cfg: RunConfig, overwrite: bool, data: ImageData | None, extractor) -> None:
         m, t = cfg.model, cfg.train
         if t.eval_every and extractor is None:  # missing Inception weights stop the run before any decoding
-            from .metrics import InceptionExtractor
+            from .evaluation import InceptionExtractor
 
             extractor = InceptionExtractor(t.inception_weights, device=self.device)
         self.data = data or open_dataset(cfg.data, m.resolution, m.img_channels, cfg.dataset.split,
@@ -304,7 +304,7 @@ class TrainingEval:
             progress=progress)
 
     def run(self, G: torch.nn.Module, step: int, best_fid: float) -> dict:
-        from .metrics import evaluate_generator
+        from .evaluation import evaluate_generator
 
         t = self.cfg.train
         if distributed.rank_world()[1] > 1:  # every rank generates a share: all need rank 0's BN statistics
