@@ -196,11 +196,26 @@ def test_finished_run_says_so_and_exported_files_are_not_checkpoints(trained, ca
     assert r.returncode == 2 and "exported files hold only the EMA generator" in r.stderr
 
 
+def test_version_prints_the_package_version(capsys):
+    from importlib.metadata import version
+
+    from helpers import sagan_inproc
+
+    for flag in ("--version", "-V"):
+        r = sagan_inproc(capsys, flag)
+        assert r.returncode == 0 and r.stdout.strip() == f"sagan (torch-sagan) {version('torch-sagan')}"
+
+
 def test_speed_shorthands_set_the_train_keys(tmp_path, capsys):
     r = sagan_inproc(capsys, "train", "--precision", "bf16", "--compile", "--sync_bn", "--print_config", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "precision: bf16" in r.stdout and "compile: true" in r.stdout and "sync_bn: true" in r.stdout
     r = sagan_inproc(capsys, "train", "--precision=fp16", "--print_config", cwd=tmp_path)
     assert "precision: fp16" in r.stdout
+    for argv in (["--compile", "reduce-overhead"], ["--compile=reduce-overhead"]):  # torch.compile's mode
+        r = sagan_inproc(capsys, "train", *argv, "--print_config", cwd=tmp_path)
+        assert r.returncode == 0 and "compile: reduce-overhead" in r.stdout, r.stderr
+    r = sagan_inproc(capsys, "train", "--train.compile", "fastest", "--print_config", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
     r = sagan_inproc(capsys, "train", "--precision", "fp8", "--print_config", cwd=tmp_path)
     assert r.returncode == 2 and "train.precision" in r.stderr and "Traceback" not in r.stderr

@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from sagan.console import UserError
-from sagan.data import BatchStream, ImageData, demo_data_path, open_dataset
+from sagan.data import BatchStream, ImageData, open_dataset
+from sagan.files import demo_data_path
 
 # --------------------------------------------------------------------------------------------
 # Helpers

@@ -162,3 +162,85 @@ def test_fp16_grad_scaler_skips_overflowing_steps_and_resumes_its_scale(tiny_fol
     assert resumed.gan.scaler_d.get_scale() == 4.0
 
 
+
+
+def test_compile_modes_reach_torch_compile_and_cuda_graph_steps_are_marked(tiny_folder, monkeypatch):
+    """train.compile: true is torch.compile's default mode; reduce-overhead is passed on, and each
+    D and G step then tells torch that a new CUDA-graph step begins (a wiring check: the compiled
+    maths are checked against eager in the slow and GPU suites)."""
+    modes, marks = [], []
+    monkeypatch.setattr(torch, "compile", lambda mod, mode=None: modes.append(mode) or mod)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    make_gan(tiny_folder, compile=True)
+    assert modes == [None, None]  # G and D, each compiled once
+    gan, batches = make_gan(tiny_folder, compile="reduce-overhead", n_dis=2)
+    assert modes[2:] == ["reduce-overhead"] * 2 and not marks
+    gan.train_iteration(batches)
+    assert len(marks) == 3  # two D steps and one G step
+
+
+def _adam_first_step(params: dict, grads: dict, lr: float, eps: float) -> dict:
+    """Adam's first update with beta1 = 0, by hand: m = g, v = (1 - beta2) g^2, and after bias
+    correction the step is lr * g / (|g| + eps), whatever beta2 is."""
+    return {k: p - lr * grads[k] / (grads[k].abs() + eps) if grads[k] is not None else p for k, p in params.items()}
+
+
+def _hand_gan(folder):
+    import copy
+
+    gan, batches = make_gan(folder, betas_g=[0.0, 0.999], betas_d=[0.0, 0.999], n_dis=1)
+    gan.train()
+    return gan, batches, copy.deepcopy(gan.G), copy.deepcopy(gan.D)
+
+
+def test_d_step_is_one_adam_step_on_the_hinge_loss_of_real_against_fake(tiny_folder):
+    """D's update against an independent computation: the same fakes, one D forward in training
+    mode, L_D = mean(relu(1 - D(x, y))) + mean(relu(1 + D(G(z), y_f))) written out, autograd,
+    and Adam's first step by hand. Swapping real and fake, or the sign, fails it."""
+    gan, batches, G, D = _hand_gan(tiny_folder)
+    x, y = next(batches)
+    n, t = x.shape[0], gan.cfg.train
+    torch.manual_seed(123)
+    loss, mean_real, mean_fake = gan.d_step(x, y)
+    torch.manual_seed(123)
+    z = torch.randn(n, gan.cfg.model.z_dim)
+    yf = torch.randint(0, gan.cfg.model.num_classes, (n,))
+    with torch.no_grad():
+        fake = G(z, yf)
+    logits = D(torch.cat([x, fake]), torch.cat([y, yf]))
+    real_l, fake_l = logits[:n], logits[n:]
+    hand = torch.clamp(1 - real_l, min=0).mean() + torch.clamp(1 + fake_l, min=0).mean()
+    assert float(loss) == pytest.approx(float(hand.detach()), rel=1e-5)
+    assert float(mean_real) == pytest.approx(float(real_l.mean()), rel=1e-5, abs=1e-6)
+    assert float(mean_fake) == pytest.approx(float(fake_l.mean()), rel=1e-5, abs=1e-6)
+    params = dict(D.named_parameters())
+    grads = dict(zip(params, torch.autograd.grad(hand, list(params.values()), allow_unused=True)))
+    expected = _adam_first_step({k: p.detach() for k, p in params.items()}, grads, t.lr_d, t.adam_eps)
+    moved = 0
+    for k, p in gan.D.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[k], rtol=1e-4, atol=1e-6, msg=k)
+        moved += int(not torch.equal(p.detach(), params[k].detach()))
+    assert moved > 10
+    for k, p in gan.G.named_parameters():  # G is not touched by D's step
+        assert torch.equal(p, dict(G.named_parameters())[k]), k
+
+
+def test_g_step_is_one_adam_step_on_minus_d_of_fakes_and_leaves_d_alone(tiny_folder):
+    """G's update against an independent computation: L_G = -mean(D(G(z), y_f)) with D frozen,
+    autograd through G only, Adam's first step by hand; D's weights do not move."""
+    gan, _, G, D = _hand_gan(tiny_folder)
+    t = gan.cfg.train
+    torch.manual_seed(321)
+    loss = gan.g_step()
+    torch.manual_seed(321)
+    z = torch.randn(t.batch_size, gan.cfg.model.z_dim)
+    yf = torch.randint(0, gan.cfg.model.num_classes, (t.batch_size,))
+    hand = -D(G(z, yf), yf).mean()
+    assert float(loss) == pytest.approx(float(hand.detach()), rel=1e-5)
+    params = dict(G.named_parameters())
+    grads = dict(zip(params, torch.autograd.grad(hand, list(params.values()), allow_unused=True)))
+    expected = _adam_first_step({k: p.detach() for k, p in params.items()}, grads, t.lr_g, t.adam_eps)
+    for k, p in gan.G.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[k], rtol=1e-4, atol=1e-6, msg=k)
+    for k, p in gan.D.named_parameters():
+        assert torch.equal(p, dict(D.named_parameters())[k]) and p.requires_grad, k

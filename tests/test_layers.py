@@ -225,3 +225,25 @@ def test_attention_runs_on_a_fused_kernel(layout, backend):
     x = torch.randn(4, 256, 64, 64, device="cuda").contiguous(memory_format=layout)
     with sdpa_kernel(getattr(SDPBackend, backend)), torch.autocast("cuda", dtype=torch.bfloat16):
         m(x).float().sum().backward()  # raises if the fused kernel cannot take these inputs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_avg_pool2x2_equals_avg_pool2d_forward_and_backward(dtype, channels_last):
+    """D's pooling by strided slices: bit for bit torch's avg_pool2d on the CPU, values and
+    gradients, in every precision and memory format that training uses."""
+    from sagan.layers import avg_pool2x2
+
+    g = torch.Generator().manual_seed(0)
+    for scale in (1.0, 1e3, 1e-3):
+        x = (torch.randn(3, 8, 16, 12, generator=g) * scale).to(dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        ref, ours = torch.nn.functional.avg_pool2d(x, 2), avg_pool2x2(x)
+        assert ours.dtype == dtype and ours.shape == ref.shape == (3, 8, 8, 6)
+        assert torch.equal(ours, ref)
+        up = torch.randn(ref.shape, generator=g).to(dtype)
+        assert torch.equal(torch.autograd.grad(ours, x, up)[0], torch.autograd.grad(ref, x, up)[0])
+    with pytest.raises(ValueError, match="even"):
+        avg_pool2x2(torch.zeros(1, 1, 5, 4))

@@ -172,3 +172,28 @@ def test_sample_is_reproducible_and_respects_classes():
 def test_truncation_keeps_every_entry_within_threshold():
     z = truncate(torch.randn(2000, 16) * 3, 0.5, torch.Generator().manual_seed(0))
     assert z.abs().max() <= 0.5 and z.shape == (2000, 16)
+
+
+def test_truncation_resamples_from_the_truncated_normal_and_keeps_the_rest():
+    """Entries within the threshold stay as they were; the others are fresh draws from the
+    standard normal truncated to [-T, T] (a clamp would pile them on +-T), checked against the
+    truncated normal's variance and central mass computed from the error function."""
+    import math
+
+    T = 1.0
+    z0 = torch.randn(400, 100, generator=torch.Generator().manual_seed(1)) * 3
+    z = truncate(z0, T, torch.Generator().manual_seed(2))
+    keep = z0.abs() <= T
+    assert torch.equal(z[keep], z0[keep])
+    fresh = z[~keep].double()
+    assert len(fresh) > 20_000 and (fresh.abs() == T).float().mean() < 0.001
+
+    def Phi(x):
+        return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+    mass = 2 * Phi(T) - 1
+    var = 1 - 2 * T * math.exp(-T * T / 2) / math.sqrt(2 * math.pi) / mass  # truncated normal, symmetric
+    assert float(fresh.mean()) == pytest.approx(0.0, abs=0.02)
+    assert float(fresh.var()) == pytest.approx(var, rel=0.03)
+    central = (2 * Phi(T / 2) - 1) / mass  # share within [-T/2, T/2]
+    assert float((fresh.abs() <= T / 2).double().mean()) == pytest.approx(central, abs=0.01)

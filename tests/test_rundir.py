@@ -3,7 +3,6 @@ lose work (each reproduced as a user would meet it)."""
 
 import errno
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 import pytest
 import torch
 
-from sagan import rundir
+from sagan import files
 from sagan.console import UserError
 from sagan.rundir import RunDir, RunLock
 from sagan.files import atomic_write, refuse_existing
@@ -48,7 +47,7 @@ def _full_disk(monkeypatch, after_bytes=100, only=""):
         f = real_open(path, *a, **k)
         return Full(f) if only in str(path) else f
 
-    monkeypatch.setattr(rundir, "open", fake_open, raising=False)
+    monkeypatch.setattr(files, "open", fake_open, raising=False)
 
 
 def test_atomic_write_keeps_the_old_file_and_removes_the_temporary_on_failure(tmp_path, monkeypatch):
@@ -126,7 +125,7 @@ def test_a_second_trainer_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_p
     steps = max(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("ckpt_*.pt"))
     r = sagan_inproc(capsys, "train", "--out", run, "--steps", steps + 1, "--no_progress")
     assert r.returncode == 0, r.stderr
-    assert "taking over the lock" in r.stderr and f"no longer running" in r.stderr
+    assert "taking over the lock" in r.stderr and "no longer running" in r.stderr
     assert not (run / ".lock").exists()  # released on exit
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sagan.config import RunConfig, load_preset
+from sagan.config import load_preset
 from sagan.console import UserError
 from sagan.training import Trainer
 
@@ -31,13 +31,27 @@ def test_resumed_training_equals_uninterrupted_training(tiny_folder, tmp_path):
     assert a["data"] == b["data"] and a["step"] == b["step"] == 4
 
 
-def test_losses_are_logged_and_d_sees_real_and_fake(tiny_folder, tmp_path):
+def test_losses_are_logged_and_d_sees_real_and_fake(tiny_folder, tmp_path, monkeypatch):
     import json
 
+    from sagan.gan import GANState
+
+    seen = []  # what each iteration's own step computed, to hold the log against
+    step = GANState.train_iteration
+
+    def recording(self, batches):
+        stats, imgs = step(self, batches)
+        seen.append({k: float(getattr(stats, k)) for k in ("d_loss", "g_loss", "d_real", "d_fake")})
+        return stats, imgs
+
+    monkeypatch.setattr(GANState, "train_iteration", recording)
     tr = Trainer(tiny_config(tiny_folder, steps=3), tmp_path / "run", progress=False)
     last = tr.fit()
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3]
+    for row, own in zip(lines, seen):  # each row holds its own step's values, under the right names
+        for k, v in own.items():
+            assert row[k] == pytest.approx(v, rel=1e-6), k
     gamma_keys = [k for k in last if k.startswith("gamma/")]
     assert any(k.startswith("gamma/G.") for k in gamma_keys) and any(k.startswith("gamma/D.") for k in gamma_keys)
     assert {"d_loss", "g_loss", "d_real", "d_fake", "lr_g", "lr_d", "img_per_s"} <= set(last)

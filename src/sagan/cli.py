@@ -44,7 +44,7 @@ def _train_parser(base: RunConfig) -> ArgumentParser:
     p = _parser("sagan train", "Train a Self-Attention GAN. Options apply in order: --preset, then --config, then "
                 "dotted overrides such as --model.g_ch 32 or --train.lr_d 2e-4. Rerunning on an existing --out "
                 "resumes from its latest checkpoint. Shorthands: --model.ch N (both widths), --precision "
-                "fp32|bf16|fp16, --compile, --sync_bn. On several GPUs or nodes, launch it with torchrun: "
+                "fp32|bf16|fp16, --compile [reduce-overhead|max-autotune], --sync_bn. On several GPUs or nodes, launch it with torchrun: "
                 "torchrun --nproc_per_node=N -m sagan train ... (train.batch_size is per process).")
     p.add_argument("--preset", type=Optional[str], default=None,
                    help=f"bundled preset: {', '.join(PRESETS)} (default: demo, or the saved config of an existing --out)")
@@ -244,12 +244,13 @@ def _parse(parser: ArgumentParser, argv: list[str]):
 # shorthands, expanded in place so that options still apply in the order given
 VALUE_ALIASES = {"--model.ch": ("--model.g_ch", "--model.d_ch"), "--precision": ("--train.precision",)}
 FLAG_ALIASES = {"--compile": "--train.compile", "--sync_bn": "--train.sync_bn"}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def _expand_aliases(argv: list[str]) -> list[str]:
     """``--model.ch X`` sets ``--model.g_ch X --model.d_ch X``; ``--precision P`` is
     ``--train.precision P``; the flags ``--compile`` and ``--sync_bn`` set ``train.compile`` and
-    ``train.sync_bn`` to true."""
+    ``train.sync_bn`` to true, and ``--compile MODE`` (or ``--compile=MODE``) sets torch.compile's mode."""
     out, i = [], 0
     while i < len(argv):
         a = argv[i]
@@ -261,6 +262,10 @@ def _expand_aliases(argv: list[str]) -> list[str]:
                 value, i = argv[i + 1], i + 1
             for target in VALUE_ALIASES[name]:
                 out += [target, value]
+        elif name == "--compile" and (eq or (i + 1 < len(argv) and argv[i + 1] in COMPILE_MODES)):
+            if not eq:
+                value, i = argv[i + 1], i + 1
+            out += [FLAG_ALIASES[name], value]
         elif a in FLAG_ALIASES:
             out += [FLAG_ALIASES[a], "true"]
         else:
@@ -737,7 +742,8 @@ COMMANDS = {
 
 
 def _usage() -> str:
-    lines = ["usage: sagan COMMAND [options]   (sagan COMMAND --help for its options)", "", "commands:"]
+    lines = ["usage: sagan COMMAND [options]   (sagan COMMAND --help for its options; sagan --version)", "",
+             "commands:"]
     lines += [f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "Start with: sagan train   (trains the demo preset on bundled MNIST and writes sample grids)"]
     return "\n".join(lines)
@@ -747,6 +753,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"sagan (torch-sagan) {__version__}")
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
 from .console import UserError
+from .files import expand, resolve_data_path
 
 __all__ = [
     "ModelConfig",
@@ -149,9 +149,11 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Autocast precision of the forward passes: fp32, bf16 (GPUs from Ampere on; also CPU) or fp16
     (with a gradient scaler). Weights, optimiser states and spectral norm's sigma stay fp32."""
-    compile: bool = False
+    compile: Union[bool, Literal["default", "reduce-overhead", "max-autotune"]] = False
     """Wrap G and D in torch.compile: faster steps after a slow first few (minutes of compilation;
-    on CPU it needs a C++ compiler)."""
+    on CPU it needs a C++ compiler). true is torch.compile's default mode; reduce-overhead replays
+    each step as CUDA graphs, for small models whose GPU steps are bound by kernel launches
+    (cifar10, demo); max-autotune also searches kernels (longer compilation)."""
     sync_bn: bool = False
     """Under torchrun on GPUs: batch norm in G normalises over the global batch (SyncBatchNorm)
     rather than each process's share."""
@@ -441,8 +443,6 @@ def copy_config(cfg: RunConfig) -> RunConfig:
 def complete(cfg: RunConfig, data, workers: int) -> RunConfig:
     """A copy of ``cfg`` with what the data decide filled in: the number of classes and
     channels, the absolute data path and the number of loader workers."""
-    from .data import resolve_data_path
-
     cfg = copy_config(cfg)
     m = cfg.model
     if m.num_classes is None:
@@ -455,7 +455,7 @@ def complete(cfg: RunConfig, data, workers: int) -> RunConfig:
         m.img_channels = data.channels
     if cfg.data is not None:
         cfg.data = str(resolve_data_path(cfg.data))
-    if cfg.init_from is not None and Path(os.path.expanduser(cfg.init_from)).exists():  # not a name or URL
+    if cfg.init_from is not None and expand(cfg.init_from).exists():  # not a name or URL
         cfg.init_from = str(resolve_data_path(cfg.init_from))
     cfg.dataset.workers = workers
     return cfg

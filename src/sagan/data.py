@@ -25,7 +25,6 @@ import tarfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -35,22 +34,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .console import UserError, info, warn
+from .files import demo_data_path, expand
 from .images import to_model_range
 
-__all__ = ["ImageData", "open_dataset", "BatchStream", "demo_data_path", "resolve_data_path", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageData", "open_dataset", "BatchStream", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-
-
-def demo_data_path() -> Path:
-    """Folder of the bundled MNIST test set (the original t10k IDX files)."""
-    return Path(str(resources.files("sagan") / "demo"))
-
-
-def resolve_data_path(path: str | os.PathLike | None) -> Path:
-    """The absolute path of ``--data`` (``~`` expanded); None is the bundled demo data."""
-    return demo_data_path() if path is None else Path(os.path.expanduser(str(path))).resolve()
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,7 +502,7 @@ def _available_memory() -> int:
 def peek_resolution(path: str | os.PathLike, sample: int = 200) -> int:
     """The shorter side of the first image of a folder or zip (for scoring sets at their own
     size); a warning when the first ``sample`` images have several sizes."""
-    root = Path(path).expanduser()
+    root = expand(path)
     if not root.exists():
         raise UserError(f"{root} does not exist")
     if _array_kind(root) is not None:
@@ -553,7 +543,7 @@ def open_dataset(
     ``channels`` None picks 1 for grayscale data and 3 otherwise; mixed data is converted.
     Prints what was found; unreadable images are skipped with one counted warning.
     """
-    root = demo_data_path() if path is None else Path(os.path.expanduser(str(path)))
+    root = demo_data_path() if path is None else expand(path)
     if path is None:
         split = "test"  # the bundled demo data is the MNIST test set
     if not root.exists():

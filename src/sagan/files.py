@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from .console import UserError
 
-__all__ = ["expand", "atomic_write", "write_text", "write_json", "remove_temporaries", "refuse_existing",
+__all__ = ["expand", "demo_data_path", "resolve_data_path", "atomic_write", "write_text", "write_json", "remove_temporaries", "refuse_existing",
            "free_path", "output_folder", "cache_dir", "is_safetensors", "sha256_of", "TMP_PATTERN"]
 
 TMP_PATTERN = re.compile(r"^\..+\.tmp\d+$")  # atomic_write's temporaries
@@ -30,6 +30,18 @@ def expand(path: str | os.PathLike) -> Path:
 
 
 # ---------------------------------------------------------------------------------- writing
+
+
+def demo_data_path() -> Path:
+    """Folder of the bundled MNIST test set (the original t10k IDX files)."""
+    from importlib import resources
+
+    return Path(str(resources.files("sagan") / "demo"))
+
+
+def resolve_data_path(path: str | os.PathLike | None) -> Path:
+    """The absolute path of ``--data`` (``~`` expanded); None is the bundled demo data."""
+    return demo_data_path() if path is None else expand(path).resolve()
 
 
 def _fsync_dir(folder: Path) -> None:

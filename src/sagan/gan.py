@@ -105,8 +105,20 @@ class GANState:
             for name in ("G_train", "D_train", "G_fake", "D_frozen"):
                 mod = getattr(self, name)
                 if id(mod) not in compiled:
-                    compiled[id(mod)] = torch.compile(mod)
+                    compiled[id(mod)] = torch.compile(mod, mode=self.compile_mode)
                 setattr(self, name, compiled[id(mod)])
+
+    @property
+    def compile_mode(self) -> str | None:
+        """torch.compile's mode for ``train.compile`` (None: its default)."""
+        c = self.cfg.train.compile
+        return None if c is True or c in (False, "default") else c
+
+    def _new_graph_step(self) -> None:
+        """With CUDA graphs (``reduce-overhead``), tell torch a new step begins, so that the
+        previous step's graph outputs may be overwritten (its losses are already detached)."""
+        if self.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
 
     def autocast(self):
         p = self.cfg.train.precision
@@ -128,6 +140,7 @@ class GANState:
     def d_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One D update on real ``x, y``; returns (loss, mean D(real), mean D(fake)), unsynchronised."""
         cond = self.cfg.model.num_classes > 0
+        self._new_graph_step()
         z, yf = self.noise(x.shape[0])
         with self.autocast():
             with torch.no_grad():
@@ -147,6 +160,7 @@ class GANState:
 
     def g_step(self) -> torch.Tensor:
         """One G update; returns the loss, unsynchronised."""
+        self._new_graph_step()
         z, yf = self.noise(self.cfg.train.batch_size)
         for p in self._d_trainable:
             p.requires_grad_(False)
@@ -207,6 +221,18 @@ class GANState:
     def train(self) -> None:
         self.G.train()
         self.D.train()
+
+    def schedule_stats(self) -> dict[str, float]:
+        """What the optimisers and augmentation are set to now: learning rates, the augmentation
+        probability and its overfitting signal, fp16's loss scales."""
+        rec = {"lr_g": self.opt_g.param_groups[0]["lr"], "lr_d": self.opt_d.param_groups[0]["lr"]}
+        if self.augment is not None:
+            rec["aug_p"] = self.augment.p
+            if self.augment.last_rt is not None:
+                rec["aug_rt"] = self.augment.last_rt
+        if self.cfg.train.precision == "fp16":
+            rec["loss_scale_g"], rec["loss_scale_d"] = self.scaler_g.get_scale(), self.scaler_d.get_scale()
+        return rec
 
     def check_finite(self) -> None:
         """Raise TrainingDiverged naming every network (and its first parameter) with NaN/Inf."""

@@ -51,7 +51,8 @@ def write_pngs(images: torch.Tensor, folder: Path, names: list[str]) -> None:
 
     arr = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
     for a, name in zip(arr, names):
-        Image.fromarray(a[:, :, 0] if a.shape[-1] == 1 else a).save(folder / f"{name}.png")
+        image = Image.fromarray(a[:, :, 0] if a.shape[-1] == 1 else a)
+        atomic_write(folder / f"{name}.png", lambda f: image.save(f, format="PNG"))
 
 
 def grid_inputs(num_classes: int, z_dim: int, columns: int = 10, max_rows: int = 10,

@@ -24,6 +24,8 @@ __all__ = [
     "SelfAttention2d",
     "ConditionalBatchNorm2d",
     "record_attention",
+    "avg_pool2x2",
+    "upsample2x",
 ]
 
 
@@ -232,6 +234,18 @@ class ConditionalBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, mode={self.mode}, num_classes={self.num_classes}"
+
+
+def avg_pool2x2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 average pooling, stride 2, equal in value to ``F.avg_pool2d(x, 2)`` forward and backward
+    (summed in the kernel's order, in float32 for half types), built from four strided slices so
+    that its backward is elementwise in any memory format: on an H200, ``avg_pool2d``'s backward in
+    channels_last took 15% of the imagenet128 step's CUDA time (``benchmarks/RESULTS.md``)."""
+    if x.shape[-1] % 2 or x.shape[-2] % 2:
+        raise ValueError(f"avg_pool2x2 needs an even height and width, got {tuple(x.shape[-2:])}")
+    y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    out = ((y[..., 0::2, 0::2] + y[..., 0::2, 1::2]) + y[..., 1::2, 0::2]) + y[..., 1::2, 1::2]
+    return (out * 0.25).to(x.dtype)
 
 
 def upsample2x(x: torch.Tensor) -> torch.Tensor:

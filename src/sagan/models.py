@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConditionalBatchNorm2d, LayerFactory, SelfAttention2d, upsample2x
+from .layers import ConditionalBatchNorm2d, LayerFactory, SelfAttention2d, avg_pool2x2, upsample2x
 
 __all__ = ["Generator", "Discriminator", "G_ARCH", "D_ARCH", "SUPPORTED_RESOLUTIONS", "standing_stats", "eval_mode",
            "check_attention", "build_generator", "build_discriminator"]
@@ -134,16 +134,16 @@ class DBlock(nn.Module):
         if self.preactivation:
             if self.learnable_sc:
                 x = self.conv_sc(x)
-            return F.avg_pool2d(x, 2) if self.downsample else x
+            return avg_pool2x2(x) if self.downsample else x
         if self.downsample:
-            x = F.avg_pool2d(x, 2)
+            x = avg_pool2x2(x)
         return self.conv_sc(x) if self.learnable_sc else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(x) if self.preactivation else x
         h = self.conv2(F.relu(self.conv1(h)))
         if self.downsample:
-            h = F.avg_pool2d(h, 2)
+            h = avg_pool2x2(h)
         return h + self.shortcut(x)
 
 

@@ -12,6 +12,8 @@ matplotlib.use("Agg")  # before pyplot: never a GUI backend, also on a desktop
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from .files import atomic_write  # noqa: E402
+
 __all__ = ["plt", "to_display", "figure_png", "save_figure", "line_plot", "truncation_plot"]
 
 
@@ -30,10 +32,8 @@ def figure_png(fig) -> bytes:
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(figure_png(fig))
-    return path
+    """The figure as a PNG file, written atomically; the figure is closed."""
+    return atomic_write(path, figure_png(fig))
 
 
 def line_plot(series: dict[str, tuple[list, list]], title: str, xlabel: str, ylabel: str,

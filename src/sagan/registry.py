@@ -109,14 +109,9 @@ def _from_hub(source: str) -> Path:
         raise UserError(f"{source}: {str(e).splitlines()[0][:160]}") from None
 
 
-def _local_model(p: Path) -> bool:
-    """A local file or run that a registry name must not shadow (a plain folder does not count:
-    ``./demo`` is where the demo's own outputs go)."""
-    return p.is_file() or (p / "checkpoints").is_dir() or (p / ".sagan-run").is_file() or (p / "model.safetensors").is_file()
-
-
 def locate(source: str | os.PathLike) -> Located | None:
-    """The local file behind a registry name, a URL or an ``hf://`` address; None for a local path."""
+    """The local file behind a registry name, a URL or an ``hf://`` address; None for anything else.
+    (:func:`sagan.sources.resolve_source` asks only when no local model has that name.)"""
     text = str(source)
     if text.startswith("hf://"):
         path = _from_hub(text)
@@ -126,7 +121,7 @@ def locate(source: str | os.PathLike) -> Located | None:
         pin = frag[len("sha256="):] if frag.startswith("sha256=") else None
         return Located(_download(url, pin, url), Path(url.split("?")[0]).stem, True)
     e = entries().get(text)
-    if e is not None and not _local_model(Path(text)):
+    if e is not None:
         if "file" in e:
             path = Path(str(resources.files("sagan") / "pretrained" / e["file"]))
             if e.get("sha256") and sha256_of(path) != e["sha256"]:

@@ -18,7 +18,7 @@ import yaml
 
 from .config import config_to_dict
 from .console import UserError, info, warn
-from .rundir import REPORT, RunDir
+from .rundir import RunDir
 from .files import atomic_write, expand, refuse_existing
 
 e = html.escape
@@ -29,7 +29,7 @@ __all__ = ["read_metrics", "build_report"]
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(training rows, evaluation rows) of ``metrics.jsonl``; unreadable lines (a write cut
     short by a crash) are skipped."""
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     train, evals = [], []
     if not path.exists():
         return train, evals
@@ -121,7 +121,7 @@ def _plots(train: list[dict], evals: list[dict], config: dict) -> list[tuple[str
 
 
 def _timeline(run_dir: Path, max_grids: int) -> list[tuple[str, bytes]]:
-    grids = sorted((run_dir / "samples").glob("step_*.png"))
+    grids = sorted(RunDir(run_dir).samples.glob("step_*.png"))
     if max_grids == 1:
         grids = grids[-1:]
     elif len(grids) > max_grids:  # evenly spaced, first and last included
@@ -234,7 +234,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, overwrite: 
     if not run.config_path.exists():
         raise UserError(f"{run} is not a sagan run directory (no config.yaml); pass the --out of a sagan train run")
     config = run.saved_config()
-    out = expand(out) if out else run / REPORT
+    out = expand(out) if out else run.report
     refuse_existing(out, overwrite)
     train, evals = read_metrics(run.path)
     config_text = yaml.safe_dump(config_to_dict(config), sort_keys=False)

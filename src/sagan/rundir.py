@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from .config import ConfigError, config_from_dict, config_to_dict, load_config
 from .console import UserError, info, warn
 from .files import atomic_write, expand, write_text
 
@@ -157,7 +158,7 @@ class RunDir:
     export = property(lambda self: self.path / EXPORT)
 
     def has_checkpoints(self) -> bool:
-        from .checkpoints import CheckpointManager
+        from .checkpoints import CheckpointManager  # here, not at the top: it brings torch, which `sagan --help` skips
 
         return bool(CheckpointManager(self.checkpoints).paths())
 
@@ -218,16 +219,12 @@ class RunDir:
 
     # ------------------------------------------------------------------------- config
     def save_config(self, cfg) -> None:
-        from .config import config_to_dict
-
         write_text(self.config_path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
     def saved_config(self):
         """The run's config: ``config.yaml``, or, when that is missing or damaged, the config the
         newest readable checkpoint carries (then ``config.yaml`` is unreadable, not the run); None
         for a new run."""
-        from .config import ConfigError, config_from_dict, load_config
-
         if self.config_path.exists():
             try:
                 if self.config_path.stat().st_size == 0:  # a write cut short (older versions)

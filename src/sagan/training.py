@@ -62,14 +62,14 @@ class Trainer:
                  overwrite: bool = False, data: ImageData | None = None, progress: bool = True, extractor=None):
         self.device = distributed.setup(device)  # joins torchrun's process group, if any
         self.rank, self.world = distributed.rank_world()
-        self.main = self.rank == 0
-        self.progress = progress and self.main
+        self.is_main_process = self.rank == 0
+        self.progress = progress and self.is_main_process
         cfg = validate(copy_config(config))
         _check_device_settings(cfg, self.device, self.world)
         check_loggers(cfg.train.loggers)
         self.run = RunDir(run_dir)
         self.run.check_usable(overwrite)  # refuse a foreign directory before any work
-        if self.main:
+        if self.is_main_process:
             self.run.lock()
         try:
             self._setup(cfg, overwrite, data, extractor)
@@ -88,7 +88,7 @@ class Trainer:
         workers = cfg.dataset.workers if cfg.dataset.workers >= 0 else default_workers()
         self.cfg = cfg = complete(cfg, self.data, workers)
         self.ckpts = CheckpointManager(self.run.checkpoints, t.keep_ckpts)
-        found = None if overwrite else self.ckpts.latest(map_location=self.device, set_aside=self.main)
+        found = None if overwrite else self.ckpts.latest(map_location=self.device, set_aside=self.is_main_process)
         if found is not None:  # the run's own record of what it is: its newest readable checkpoint
             check_same_run(config_from_dict(found[1]["config"], str(found[0])), cfg, str(self.run))
             _check_same_data(found[1].get("dataset"), self.data)
@@ -101,7 +101,7 @@ class Trainer:
         self.best_fid, self.steps_run, self.stopped_by = math.inf, 0, None
         # everything is checked and built: only now touch the run directory, from rank 0 alone
         distributed.barrier()  # every rank has checked the directory before rank 0 changes it
-        if self.main:
+        if self.is_main_process:
             if overwrite and self.run.is_run():
                 self.run.clear()
                 info(f"--overwrite: deleted the previous run in {self.run}")
@@ -150,7 +150,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Rank 0 writes the checkpoint (atomically); every rank waits until it is on disk."""
-        path = self.ckpts.save(self.step, self.state_dict()) if self.main else None
+        path = self.ckpts.save(self.step, self.state_dict()) if self.is_main_process else None
         distributed.barrier()
         return path
 
@@ -162,18 +162,13 @@ class Trainer:
             info(f"{self.run} is already trained to step {self.step:,}; raise --steps to train further")
             self.close()
             return {}
-        if self.main:
+        if self.is_main_process:
             self.run.lock()  # held already, unless fit runs a second time
             self.run.samples.mkdir(exist_ok=True)
-        log = RunLog(self.run, self.step, config_to_dict(cfg), enabled=self.main, loggers=t.loggers)
+        log = RunLog(self.run, self.step, config_to_dict(cfg), enabled=self.is_main_process, loggers=t.loggers)
         grid = grid_inputs(cfg.model.num_classes, cfg.model.z_dim, t.grid_columns, t.grid_max_rows, t.seed + 1)
         self.gan.train()
-        where = f"{self.world} processes ({self.device.type})" if self.world > 1 else str(self.device)
-        extras = [f"precision {t.precision}"] + (["torch.compile (the first steps compile)"] if t.compile else [])
-        info(f"training on {where} into {self.run}, global batch {t.batch_size * self.world}, {', '.join(extras)}")
-        _warn_if_cpu_is_busy(self.device)
-        if t.compile:
-            info("compiling G and D with torch.compile: the first steps take minutes, and say nothing until they are done")
+        _announce_start(t, self.device, self.world, self.run)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not self.progress)
         meter, last = StatsMeter(self.device), {}
@@ -222,14 +217,8 @@ class Trainer:
                                 for n in bad if n.endswith("loss")) or "the discriminator's mean output"
             raise TrainingDiverged(f"training diverged at step {self.step}: {what} is NaN/Inf (d_loss {rec['d_loss']}, "
                                    f"g_loss {rec['g_loss']}); the last good checkpoint is kept (try lower learning rates)")
-        rec["lr_g"], rec["lr_d"] = self.gan.opt_g.param_groups[0]["lr"], self.gan.opt_d.param_groups[0]["lr"]
-        if self.gan.augment is not None:
-            rec["aug_p"] = self.gan.augment.p
-            if self.gan.augment.last_rt is not None:
-                rec["aug_rt"] = self.gan.augment.last_rt
-        if self.cfg.train.precision == "fp16":
-            rec["loss_scale_g"], rec["loss_scale_d"] = self.gan.scaler_g.get_scale(), self.gan.scaler_d.get_scale()
-        if self.main:
+        rec.update(self.gan.schedule_stats())
+        if self.is_main_process:
             for net, model in (("G", self.gan.G), ("D", self.gan.D)):
                 rec.update({f"gamma/{net}.{name}": g for name, g in attention_gammas(model).items()})
             log.record(self.step, rec)
@@ -237,7 +226,7 @@ class Trainer:
 
     @torch.no_grad()
     def _sample(self, grid: tuple[torch.Tensor, torch.Tensor | None], log: RunLog) -> None:
-        if not self.main:
+        if not self.is_main_process:
             return
         z, y = grid
         G = self.gan.sampling_generator()
@@ -257,7 +246,7 @@ class Trainer:
             rec = self.evaluator.run(self.gan.sampling_generator(), self.step, self.best_fid)
             improved = rec["fid"] < self.best_fid
             self.best_fid = rec["best_fid"]
-            if self.main:
+            if self.is_main_process:
                 log.record(self.step, rec)
                 if improved:
                     self.ckpts.save_best(self.state_dict())
@@ -322,6 +311,16 @@ class TrainingEval:
              + (f", intra-FID {res['intra_fid']:.2f}" if "intra_fid" in res else "")
              + (" (best so far: saved checkpoints/best.pt)" if res["fid"] < best_fid else f" (best {best_fid:.2f})"))
         return rec
+
+
+def _announce_start(t, device: torch.device, world: int, run: RunDir) -> None:
+    """Where and how the training runs, and warnings about what will make it slow."""
+    where = f"{world} processes ({device.type})" if world > 1 else str(device)
+    extras = [f"precision {t.precision}"] + (["torch.compile (the first steps compile)"] if t.compile else [])
+    info(f"training on {where} into {run}, global batch {t.batch_size * world}, {', '.join(extras)}")
+    _warn_if_cpu_is_busy(device)
+    if t.compile:
+        info("compiling G and D with torch.compile: the first steps take minutes, and say nothing until they are done")
 
 
 def _warn_if_cpu_is_busy(device: torch.device) -> None:
