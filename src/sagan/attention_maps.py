@@ -17,10 +17,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .console import UserError
 from .layers import record_attention
 
 __all__ = ["LayerMaps", "grid_points", "query_index", "keys_to_pixels", "attention_maps", "generated_attention",
-           "draw_image", "combined_figure", "draw_combined"]
+           "real_attention", "draw_image", "combined_figure", "draw_combined"]
 
 
 @dataclass
@@ -168,3 +169,21 @@ def draw_combined(images: torch.Tensor, points, layers: list[LayerMaps], path: P
     from .plots import save_figure
 
     return save_figure(combined_figure(images, points, layers, max_rows), path)
+
+
+def real_attention(G: nn.Module, D: nn.Module | None, source, n: int, seed: int, points: list[tuple[int, int]]):
+    """D's attention maps on ``n`` real images drawn (by ``seed``) from ``source``, a dataset in the
+    training data's layout: (images in [-1, 1], labels or None, layer maps, a description)."""
+    from .data import open_dataset
+    from .images import to_model_range
+
+    size, device = G.resolution, next(G.parameters()).device
+    data = open_dataset(source, size, G.img_channels, cache="none", workers=0, progress=False)  # n images only
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+    images = to_model_range(torch.stack([data[int(i)][0] for i in idx])).to(device)
+    y = data.labels[idx].to(device) if G.num_classes and data.num_classes == G.num_classes else None
+    if G.num_classes and y is None:
+        raise UserError(f"the model has {G.num_classes} classes but {source} has {data.num_classes}; "
+                        "pass images in the training data's class layout")
+    layers = attention_maps(D, lambda: D(images, y), points, size, "D") if D is not None else []
+    return images, y, layers, f"{len(idx)} real images from {source}"

@@ -585,31 +585,11 @@ def _parse_points(points: list[str] | None, grid: int, size: int) -> list[tuple[
     return out
 
 
-def _real_attention(ns, G, D, points):
-    """D's attention maps on ``--n`` real images drawn from ``--real``."""
-    import torch
-
-    from .attention_maps import attention_maps
-    from .data import open_dataset
-    from .images import to_model_range
-
-    size, device = G.resolution, next(G.parameters()).device
-    data = open_dataset(ns.real, size, G.img_channels, cache="none", workers=0, progress=False)  # n images only
-    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(ns.seed))[: ns.n]
-    images = to_model_range(torch.stack([data[int(i)][0] for i in idx])).to(device)
-    y = data.labels[idx].to(device) if G.num_classes and data.num_classes == G.num_classes else None
-    if G.num_classes and y is None:
-        raise UserError(f"the model has {G.num_classes} classes but {ns.real} has {data.num_classes}; "
-                        "pass images in the training data's class layout")
-    layers = attention_maps(D, lambda: D(images, y), points, size, "D") if D is not None else []
-    return images, y, layers, f"{len(idx)} real images from {ns.real}"
-
-
 def cmd_attention(argv: list[str]) -> int:
     ns = _parse(_attention_parser(), argv)
     import torch
 
-    from .attention_maps import draw_combined, draw_image, generated_attention
+    from .attention_maps import draw_combined, draw_image, generated_attention, real_attention
     from .distributed import resolve_device
     from .files import output_folder
     from .loading import load_networks
@@ -624,7 +604,7 @@ def cmd_attention(argv: list[str]) -> int:
     points = _parse_points(ns.points, ns.grid, G.resolution)
     _check_class(G, ns.class_)
     if ns.real:
-        images, y, layers, what = _real_attention(ns, G, D, points)
+        images, y, layers, what = real_attention(G, D, ns.real, ns.n, ns.seed, points)
     else:
         y = None
         if G.num_classes:
@@ -649,35 +629,13 @@ def cmd_attention(argv: list[str]) -> int:
     return 0
 
 
-def _interpolation_rows(ns, G) -> tuple[dict, str]:
-    """The rows to draw ({method: images}) and the output name's tag."""
-    import torch
-
-    from .interpolation import class_path, interpolate, latent_path, seed_latent
-
-    K = G.num_classes
-    if ns.classes:
-        if not K:
-            raise UserError("--classes needs a class-conditional model; this generator is unconditional")
-        if len(ns.classes) < 2 or any(not 0 <= c < K for c in ns.classes):
-            raise UserError(f"--classes takes two or more classes in 0..{K - 1}")
-        weights = class_path(K, ns.classes, ns.steps)
-        z = seed_latent(G.z_dim, ns.seeds[0], ns.truncation).expand(weights.shape[0], -1)
-        return {"class": interpolate(G, z, weights)}, f"classes{'-'.join(map(str, ns.classes))}_seed{ns.seeds[0]}"
-    if len(ns.seeds) < 2:
-        raise UserError("--seeds takes two or more seeds")
-    methods = {"both": ["slerp", "lerp"], "slerp": ["slerp"], "lerp": ["lerp"]}[ns.method]
-    y = torch.tensor([ns.class_ or 0]) if K else None
-    rows = {m: interpolate(G, latent_path(G.z_dim, ns.seeds, ns.steps, m, ns.truncation), y) for m in methods}
-    return rows, f"seeds{'-'.join(map(str, ns.seeds))}" + (f"_class{ns.class_ or 0}" if K else "")
-
-
 def cmd_interpolate(argv: list[str]) -> int:
     ns = _parse(_interpolate_parser(), argv)
     import torch
 
     from .files import refuse_existing
-    from .images import save_grid
+    from .images import save_grid, write_gif
+    from .interpolation import interpolation_rows
 
     if ns.method not in ("both", "slerp", "lerp"):
         raise UserError(f"--method must be slerp, lerp or both, not {ns.method!r}")
@@ -687,7 +645,7 @@ def cmd_interpolate(argv: list[str]) -> int:
         raise UserError("--fps must be positive")
     src, run = _model_of(ns)
     G = _load_for(ns, src)
-    rows, tag = _interpolation_rows(ns, G)
+    rows, tag = interpolation_rows(G, ns.seeds, ns.steps, ns.method, ns.truncation, ns.classes, ns.class_)
     tag += _trunc_tag(ns) + ("" if ns.method == "both" or ns.classes else f"_{ns.method}")
     out = _out_path(ns, run.interpolation)
     strip, gif = out / f"{tag}.png", out / f"{tag}.gif"
@@ -695,26 +653,10 @@ def cmd_interpolate(argv: list[str]) -> int:
         refuse_existing(path, ns.overwrite)
     length = next(iter(rows.values())).shape[0]
     save_grid(torch.cat(list(rows.values())), strip, columns=length)
-    _write_gif(rows, gif, ns.fps)
+    write_gif(list(rows.values()), gif, ns.fps)
     what = f"rows {', '.join(rows)}" if len(rows) > 1 else f"one row, {next(iter(rows))}"
     info(f"wrote {strip} ({what}; {length} images per row) and the animation {gif}")
     return 0
-
-
-def _write_gif(rows: dict, path: Path, fps: float) -> None:
-    """Frames that go forward and back, each showing every row's image side by side."""
-    import torch
-    from PIL import Image
-
-    from .images import to_uint8
-    from .files import atomic_write
-
-    frames_t = torch.cat([to_uint8(r).cpu() for r in rows.values()], dim=3)  # (T, C, H, W * rows)
-    frames = [Image.fromarray(f[0].numpy() if f.shape[0] == 1 else f.permute(1, 2, 0).numpy()) for f in frames_t]
-    frames = [f.resize((f.width * 2, f.height * 2), Image.NEAREST) if f.height < 128 else f for f in frames]
-    loop = frames + frames[-2:0:-1]
-    atomic_write(path, lambda f: loop[0].save(f, format="GIF", save_all=True, append_images=loop[1:],
-                                               duration=int(1000 / fps), loop=0))
 
 
 def cmd_report(argv: list[str]) -> int:

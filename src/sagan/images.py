@@ -8,7 +8,7 @@ import torch
 
 from .files import atomic_write
 
-__all__ = ["to_uint8", "to_model_range", "save_grid", "grid_inputs", "write_pngs"]
+__all__ = ["to_uint8", "to_model_range", "save_grid", "grid_inputs", "write_pngs", "write_gif"]
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -66,3 +66,16 @@ def grid_inputs(num_classes: int, z_dim: int, columns: int = 10, max_rows: int =
         z = torch.randn(columns, z_dim, generator=g).repeat(rows, 1)
         return z, classes.repeat_interleave(columns)
     return torch.randn(columns * max_rows, z_dim, generator=g), None
+
+
+def write_gif(rows: list[torch.Tensor], path: Path, fps: float) -> Path:
+    """An animation of image sequences in [-1, 1] (each (T, C, H, W)) played side by side, forward
+    and back, at ``fps``; small images are doubled in size. Written atomically."""
+    from PIL import Image
+
+    frames_t = torch.cat([to_uint8(r).cpu() for r in rows], dim=3)  # (T, C, H, W * rows)
+    frames = [Image.fromarray(f[0].numpy() if f.shape[0] == 1 else f.permute(1, 2, 0).numpy()) for f in frames_t]
+    frames = [f.resize((f.width * 2, f.height * 2), Image.NEAREST) if f.height < 128 else f for f in frames]
+    loop = frames + frames[-2:0:-1]
+    return atomic_write(path, lambda f: loop[0].save(f, format="GIF", save_all=True, append_images=loop[1:],
+                                                      duration=int(1000 / fps), loop=0))

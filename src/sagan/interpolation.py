@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import torch
 
+from .console import UserError
 from .models import Generator, eval_mode, latents
 
-__all__ = ["seed_latent", "lerp", "slerp", "latent_path", "class_path", "interpolate"]
+__all__ = ["seed_latent", "lerp", "slerp", "latent_path", "class_path", "interpolate", "interpolation_rows"]
 
 
 def seed_latent(z_dim: int, seed: int, truncation: float | None = None) -> torch.Tensor:
@@ -68,3 +69,26 @@ def interpolate(G: Generator, z: torch.Tensor, y: torch.Tensor | None, batch_siz
         y = y.expand(z.shape[0], *y.shape[1:])
     with eval_mode(G):
         return G.generate(z, y, batch_size).cpu()
+
+
+def interpolation_rows(G: Generator, seeds: list[int], steps: int, method: str = "both",
+                       truncation: float | None = None, classes: list[int] | None = None,
+                       class_: int | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """What ``sagan interpolate`` draws: with ``classes``, one row morphing through them at the z
+    of ``seeds[0]``; otherwise a row per method (slerp, lerp or both) through ``seeds`` (of class
+    ``class_`` for a conditional G). Returns ({row name: images}, a tag for file names)."""
+    K = G.num_classes
+    if classes:
+        if not K:
+            raise UserError("--classes needs a class-conditional model; this generator is unconditional")
+        if len(classes) < 2 or any(not 0 <= c < K for c in classes):
+            raise UserError(f"--classes takes two or more classes in 0..{K - 1}")
+        weights = class_path(K, classes, steps)
+        z = seed_latent(G.z_dim, seeds[0], truncation).expand(weights.shape[0], -1)
+        return {"class": interpolate(G, z, weights)}, f"classes{'-'.join(map(str, classes))}_seed{seeds[0]}"
+    if len(seeds) < 2:
+        raise UserError("--seeds takes two or more seeds")
+    methods = {"both": ["slerp", "lerp"], "slerp": ["slerp"], "lerp": ["lerp"]}[method]
+    y = torch.tensor([class_ or 0]) if K else None
+    rows = {m: interpolate(G, latent_path(G.z_dim, seeds, steps, m, truncation), y) for m in methods}
+    return rows, f"seeds{'-'.join(map(str, seeds))}" + (f"_class{class_ or 0}" if K else "")
