@@ -45,7 +45,10 @@ def _peak_memory(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS"
 
 
-def _config(preset: str, precision: str, compiled: bool, ch: int | None, batch_size: int | None, n_dis: int | None):
+COMPILE = {"eager": False, "compiled": True, "reduce-overhead": "reduce-overhead"}  # --mode -> train.compile
+
+
+def _config(preset: str, precision: str, compiled, ch: int | None, batch_size: int | None, n_dis: int | None):
     from sagan.config import load_preset
 
     cfg = load_preset(preset)
@@ -92,7 +95,7 @@ def build(spec: dict, device: torch.device):
     from sagan.data import BatchStream
     from sagan.gan import GANState
 
-    cfg = _config(spec["preset"], spec["precision"], spec["mode"] == "compiled", spec["ch"], spec["batch_size"],
+    cfg = _config(spec["preset"], spec["precision"], COMPILE[spec["mode"]], spec["ch"], spec["batch_size"],
                   spec["n_dis"])
     classes = {"imagenet128": 1000, "cifar10": 10}.get(spec["preset"], 10)
     data = _synthetic(cfg, classes)
@@ -199,7 +202,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", nargs="+", default=["cifar10", "imagenet128"])
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
-    ap.add_argument("--mode", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    ap.add_argument("--mode", nargs="+", default=["eager", "compiled"], choices=list(COMPILE),
+                    help="eager, compiled (torch.compile's default mode), reduce-overhead (CUDA graphs)")
     ap.add_argument("--ch", type=int, default=None, help="G and D width (default: the preset's)")
     ap.add_argument("--batch_size", type=int, default=None, help="default: the preset's")
     ap.add_argument("--n_dis", type=int, default=None, help="default: the preset's")
