@@ -172,12 +172,13 @@ def generate(run: str, n: int, seed: int, raw: bool = False, standing: int = 0,
     """``n`` samples, spread evenly over the classes, of a run's EMA generator (or raw, or at a
     given checkpoint step)."""
     from sagan.loading import generator_from_checkpoint
-    from sagan.rundir import resolve_checkpoint
+    from sagan.rundir import RunDir
+    from sagan.sources import resolve_source
 
     src = Path(run)
     if step is not None:
-        src = src / "checkpoints" / f"ckpt_{step:08d}.pt"
-    _, state = resolve_checkpoint(src)
+        src = RunDir(src).checkpoints / f"ckpt_{step:08d}.pt"
+    _, state = resolve_source(src, remote=False).checkpoint()
     G = generator_from_checkpoint(state, ema=not raw)
     if standing:
         sagan.standing_stats(G, standing, batch_size=state["config"]["train"]["batch_size"], seed=seed + 1)

@@ -104,6 +104,7 @@ def fake_bundled(tmp_path, monkeypatch):
 def test_bundled_features_are_found_converted_once_and_used_offline(fake_bundled, monkeypatch):
     _no_network(monkeypatch)
     path, expected = fake_bundled
+    real_load = torch.jit.load
     ex = inception.InceptionExtractor()
     assert ex.path == path and not ex.has_logits and ex.name.startswith("tf-inception-v3-pool:")
     state = ex.net.state_dict()
@@ -118,6 +119,16 @@ def test_bundled_features_are_found_converted_once_and_used_offline(fake_bundled
                                expected["Mixed_7c.branch_pool.conv.weight"])
     proto = again.protocol()
     assert proto["weights_sha256"] == inception.BUNDLED.sha256 and "default_1.pt" in proto["weights"]
+    # a damaged or foreign cache entry is converted again, never trusted
+    cached = inception._converted_path(inception.BUNDLED.sha256)
+    loads = []
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    from safetensors.torch import save_file
+
+    save_file({"fc.weight": torch.zeros(2, 2)}, str(cached), metadata={"source_sha256": again.sha256, "converter": "1"})
+    third = inception.InceptionExtractor()
+    assert loads == [1] and torch.equal(third.net.state_dict()["Conv2d_1a_3x3.conv.weight"],
+                                        expected["Conv2d_1a_3x3.conv.weight"])
 
 
 def test_a_bundled_file_with_the_wrong_sha256_is_refused_and_never_run(tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 
 A checkpoint is a ``torch.save`` of plain containers of tensors, numbers and strings only,
 so that it loads with ``torch.load(weights_only=True)``. It is written through
-:func:`sagan.rundir.atomic_write`: a crash at any moment leaves either the old file or the new
+:func:`sagan.files.atomic_write`: a crash at any moment leaves either the old file or the new
 one, never a half-written one under the final name. A checkpoint that cannot be read is never
 deleted: resuming moves it aside as ``<name>.unreadable`` and says so.
 """

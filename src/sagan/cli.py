@@ -143,7 +143,8 @@ def _eval_parser() -> ArgumentParser:
     p.add_argument("--truncation-sweep", "--truncation_sweep", type=float, nargs="*", default=None,
                    dest="truncation_sweep",
                    help="score at each threshold T given (none given: 0.25 0.5 0.75 1 1.5 2), plus without "
-                        "truncation, and plot the IS/FID trade-off; each point costs --n samples (try --n 10000)")
+                        "truncation, and plot the trade-off (FID against IS, or KID without IS); each point costs --n samples "
+                        "(try --n 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed for z and labels")
     _inception_args(p)
     return p
@@ -496,14 +497,17 @@ def cmd_eval(argv: list[str]) -> int:
     from .data import open_dataset
     from .distributed import is_main, setup
     from .loading import generator_from_checkpoint
-    from .files import free_path
     from .evaluation import InceptionExtractor, evaluate_generator
+    from .files import free_path
+    from .rundir import run_of
 
     if ns.n < 2:
         raise UserError("--n must be at least 2")
     device = setup(ns.device)  # under torchrun: one share of the samples per rank
-    src, run = _model_of(ns)
-    ckpt_path, state = src.checkpoint()  # refuses exported files
+    from .sources import resolve_source
+
+    ckpt_path, state = resolve_source(ns.source, remote=False).checkpoint()  # refuses exported files
+    run = RunDir(run_of(ckpt_path))  # where its evaluations go: the run it lives in
     extractor = InceptionExtractor(ns.inception_weights, device=device)  # fail early when the weights are missing
     G = _standing(generator_from_checkpoint(state, ema=not ns.raw).to(device), ns)
     cfg = config_from_dict(state["config"], str(ckpt_path))
@@ -527,7 +531,7 @@ def cmd_eval(argv: list[str]) -> int:
 
 
 def _truncation_sweep(ns, G, data, extractor, step: int, ckpt_path: Path, run: RunDir) -> int:
-    """IS and FID at each truncation threshold, and without: a JSON file and the trade-off plot."""
+    """FID (and IS or KID) at each truncation threshold, and without: a JSON file and the trade-off plot."""
     from .distributed import is_main
     from .evaluation import IS_NEEDS_FULL_FILE, save_truncation_sweep, sweep_table, truncation_sweep
     from .files import free_path

@@ -13,7 +13,7 @@ from .console import UserError, info
 from .distributed import is_main
 from .features import (Extractor, broadcast, data_batches, extract, gather, generator_batches, name_of,
                        reference_features)
-from .inception import InceptionExtractor
+from .inception import WEIGHTS_FILE, InceptionExtractor
 from .metrics import compute_metrics
 from .models import eval_mode
 
@@ -22,7 +22,7 @@ __all__ = ["evaluate_generator", "evaluate_folders", "truncation_sweep", "save_t
 
 
 IS_NEEDS_FULL_FILE = ("IS needs the full TF-Inception weights file (the bundled features have no classifier): "
-                      "pass --inception-weights weights-inception-2015-12-05-6726825d.pth")
+                      f"pass --inception-weights {WEIGHTS_FILE}")
 
 
 def protocol(extractor, n_generated: int, reference, n_reference: int, ref_limit: int | None = None,
@@ -43,13 +43,18 @@ def protocol(extractor, n_generated: int, reference, n_reference: int, ref_limit
 def protocol_line(res: dict) -> str:
     """The protocol of a result in one line, for tables and logs."""
     p = res.get("protocol") or {}
-    sha = (p.get("weights_sha256") or "")[:12]
+
+    def count(key):
+        return f"{p[key]:,}" if isinstance(p.get(key), int) else "?"
+
     who = {"ema": "EMA G", "raw": "raw G"}.get(p.get("generator"), "images")
     ref = Path(str(p.get("reference", "?"))).name + (f" {p['reference_split']}" if p.get("reference_split") in
                                                      ("train", "test") else "")
+    sha = p.get("weights_sha256")
+    extractor = f"{p.get('extractor', '?')}" + (f", weights {sha[:12]}" if sha else "")
     trunc = f"truncation {p['truncation']}" if p.get("truncation") else "no truncation"
-    return (f"{p.get('n_generated', '?'):,} {who} vs {p.get('n_reference', '?'):,} {ref}; "
-            f"TF-Inception pool, weights {sha or p.get('extractor', '?')}; TF1 bilinear to 299; {trunc}")
+    return "; ".join(x for x in (f"{count('n_generated')} {who} vs {count('n_reference')} {ref}", extractor,
+                                 p.get("resize"), trunc) if x)
 
 
 def evaluate_generator(G, reference, n: int = 50_000, extractor: Extractor | None = None,

@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 from .files import atomic_write, expand, refuse_existing
 from .loading import generator_from_checkpoint
 from .models import eval_mode
-from .rundir import HUB_MODEL
+from .rundir import HUB_MODEL, run_of
 from .sources import ModelSource, resolve_source
 
 __all__ = ["export_generator", "baked_state_dict"]
@@ -171,9 +171,9 @@ def export_hub_dir(src: str | os.PathLike, out: str | os.PathLike, overwrite: bo
         atomic_write(out / HUB_MODEL, source.path.read_bytes())
         step, scores = None, []
     else:
-        _, state = source.checkpoint()  # read once
+        ckpt, state = source.checkpoint()  # read once
         _write_generator(state, out / HUB_MODEL)
-        config, step, scores = state["config"], int(state["step"]), _scores(source.outputs)
+        config, step, scores = state["config"], int(state["step"]), _scores(run_of(ckpt))
     atomic_write(out / "config.json", json.dumps({"library_name": "torch-sagan", **config}, indent=2) + "\n")
     atomic_write(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     G = load_generator(out / HUB_MODEL)

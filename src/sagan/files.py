@@ -67,9 +67,10 @@ def _no_space(e: BaseException) -> bool:
     return False
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None] | bytes | str) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None] | bytes | str, durable: bool = True) -> Path:
     """Write ``path`` atomically: ``write(f)`` (or the given bytes/text) goes to a temporary file
-    in the same folder, which is fsynced and renamed over ``path``. On any failure the temporary
+    in the same folder, which is fsynced (unless not ``durable``: many small files, where a crash
+    may lose the newest but never leaves a partial one) and renamed over ``path``. On any failure the temporary
     file is removed and ``path`` is left as it was; a full disk or an unwritable folder is a
     :class:`UserError` that says so."""
     path = Path(path)
@@ -85,7 +86,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None] | bytes |
             else:
                 f.write(write.encode() if isinstance(write, str) else write)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -95,7 +97,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None] | bytes |
         if isinstance(e, OSError):
             raise UserError(f"cannot write {path} ({e.strerror or e}); choose another output path") from None
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
     return path
 
 
@@ -158,7 +161,7 @@ def cache_dir() -> Path:
 
 def is_safetensors(path: str | os.PathLike) -> bool:
     """Whether ``path`` names an exported safetensors file (by its suffix)."""
-    return str(path).lower().endswith(".safetensors")
+    return Path(path).suffix == ".safetensors"
 
 
 def sha256_of(path: str | os.PathLike) -> str:

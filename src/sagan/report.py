@@ -99,8 +99,10 @@ def _plots(train: list[dict], evals: list[dict], config: dict) -> list[tuple[str
             out.append(("Speed", "Real images through D per second (all processes).",
                         figure_png(line_plot(s, "Training speed", "generator step", "images per second"))))
     if evals:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
-        for ax, key, label in ((axes[0], "fid", "FID (lower is better)"), (axes[1], "is", "IS (higher is better)")):
+        panels = [("fid", "FID (lower is better)")] + ([("is", "IS (higher is better)")] if any("is" in r for r in evals)
+                                                      else [])  # no IS with the bundled Inception features
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), dpi=100, squeeze=False)
+        for ax, (key, label) in zip(axes[0], panels):
             pts = [(r["step"], r[key]) for r in evals if key in r]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=4, label=label)
             if key == "fid" and any("intra_fid" in r for r in evals):

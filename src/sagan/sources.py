@@ -57,7 +57,10 @@ class ModelSource:
 
 
 def _is_local_model(p: Path) -> bool:
-    return p.is_file() or RunDir(p).is_run() or (p / HUB_MODEL).is_file()
+    """Something local that a pretrained name of the same spelling must not shadow: a file, a run
+    (or a folder with a checkpoints folder), or a folder written by ``sagan export --hub-dir``."""
+    run = RunDir(p)
+    return p.is_file() or run.is_run() or run.checkpoints.is_dir() or (p / HUB_MODEL).is_file()
 
 
 def _names() -> list[str]:
@@ -66,14 +69,19 @@ def _names() -> list[str]:
     return list(entries())
 
 
-def resolve_source(source: str | os.PathLike | ModelSource) -> ModelSource:
-    """The one place that decides what ``source`` means (see the module's docstring)."""
+def resolve_source(source: str | os.PathLike | ModelSource, remote: bool = True) -> ModelSource:
+    """The one place that decides what ``source`` means (see the module's docstring). With
+    ``remote=False`` only local runs and files count (for verbs that need a checkpoint, which
+    pretrained names, URLs and the Hub never give)."""
     if isinstance(source, ModelSource):
         return source
     text = str(source)
     path = expand(text)
     found = None
-    if text.startswith(("hf://", "https://", "http://")) or not _is_local_model(path):
+    if not remote:
+        if not path.exists():
+            raise UserError(f"{path} does not exist; pass a run directory or a checkpoint (.pt)")
+    elif text.startswith(("hf://", "https://", "http://")) or not _is_local_model(path):
         from .registry import locate
 
         found = locate(text)
@@ -82,7 +90,7 @@ def resolve_source(source: str | os.PathLike | ModelSource) -> ModelSource:
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a run directory, a checkpoint, an exported .safetensors file, "
                         f"a pretrained name ({', '.join(_names())}), an https:// URL or hf://owner/repo")
-    if path.is_dir() and (path / HUB_MODEL).is_file() and not RunDir(path).checkpoints.is_dir():
+    if path.is_dir() and (path / HUB_MODEL).is_file() and not RunDir(path).checkpoints.is_dir():  # as above
         path = path / HUB_MODEL  # a folder written by sagan export --hub-dir
     if path.is_dir():
         kind, outputs = "run", path
