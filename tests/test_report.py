@@ -25,7 +25,8 @@ def report_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("report-run")
     Trainer(tiny_config(write_class_folder(root / "shapes"), steps=2, ema_start=1000), root / "run",
             progress=False).fit()
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp:  # module scope: the per-test private cache is not set up yet
+        mp.setenv("SAGAN_CACHE", str(root / "cache"))
         mp.setattr(evaluation, "InceptionExtractor", lambda *a, **k: StandIn())
         assert main(["eval", str(root / "run"), "--n", "8", "--batch_size", "4", "--truncation-sweep", "1.0"]) == 0
     return root / "run"
