@@ -5,13 +5,18 @@ of a torch-sagan config, on torch-sagan's data tensors, and write its EMA genera
         --seed 0 --sample_steps 500 1000 1500
     python benchmarks/demo_quality.py --samples runs/peer-demo-s0/step_00001500/eval
     python benchmarks/peer_biggan.py --biggan ~/src/BigGAN-PyTorch --preset demo --time 100   # step-time ratio
+    python benchmarks/peer_biggan.py --biggan ~/src/BigGAN-PyTorch --preset celeba64 --set data=celeba.zip \\
+        --out runs/peer-celeba-s0 --modes eval --n 5000       # RGB, 64 px, unconditional
+    sagan score runs/peer-celeba-s0/step_<N>/eval celeba.zip  # its FID, with torch-sagan's protocol
 
 Nothing of BigGAN-PyTorch is copied here: ``--biggan`` points at a checkout
 (https://github.com/ajbrock/BigGAN-PyTorch), whose ``BigGAN.py``, ``utils.py`` (``ema``,
 ``prepare_z_y``) and ``train_fns.py`` (``GAN_training_function``) are imported and used as they
 are, the way its ``train.py`` uses them: G, D and G_ema in train mode at every iteration, one
 concatenated D forward, ``toggle_grads``, the EMA of every state-dict entry from ``ema_start``.
-Three adaptations, all needed to match a torch-sagan config and none affecting the training maths:
+Its networks are always class-conditional: an unconditional config (celeba64, say) runs them with
+one class and every label 0. Three adaptations, all needed to match a torch-sagan config and none
+affecting the training maths:
 
 * the image channel count (BigGAN-PyTorch hard-codes 3): G's output conv and D's first block
   are built for ``model.img_channels``;
@@ -90,14 +95,19 @@ def _attn(res: list[int]) -> str:
     return "_".join(str(r) for r in res) if res else "0"
 
 
+def classes_of(cfg) -> int:
+    """BigGAN-PyTorch's networks are always class-conditional: an unconditional config runs them
+    with one class, every label 0 (its usual way), so that the class terms are plain learned
+    gains, biases and a linear term of D."""
+    return max(1, cfg.model.num_classes)
+
+
 def build(BigGAN, utils, cfg, sn_eps: float):
     """G, D, G_ema and the EMA helper, as BigGAN-PyTorch's train.py builds them."""
     m, t = cfg.model, cfg.train
-    if not m.num_classes:
-        sys.exit("BigGAN-PyTorch's networks are class-conditional; use a config with classes")
     _fix_d_arch(BigGAN, m.img_channels)
     relu = nn.ReLU(inplace=False)  # its SAGAN script's --G_nl relu --D_nl relu
-    common = dict(resolution=m.resolution, n_classes=m.num_classes, SN_eps=sn_eps, adam_eps=t.adam_eps)
+    common = dict(resolution=m.resolution, n_classes=classes_of(cfg), SN_eps=sn_eps, adam_eps=t.adam_eps)
     gkw = dict(common, G_ch=m.g_ch, dim_z=m.z_dim, G_attn=_attn(m.g_attn), G_shared=m.shared_dim > 0,
                shared_dim=m.shared_dim, hier=False, G_lr=t.lr_g, G_B1=t.betas_g[0], G_B2=t.betas_g[1],
                BN_eps=m.bn_eps, G_init="ortho" if m.init == "ortho" else "xavier", G_activation=relu)
@@ -136,7 +146,7 @@ class Peer:
         self.cfg = cfg
         self.G, self.D, self.G_ema, self.ema = build(BigGAN, utils, cfg, sn_eps)
         GD = BigGAN.G_D(self.G, self.D)
-        z_, y_ = utils.prepare_z_y(cfg.train.batch_size, self.G.dim_z, cfg.model.num_classes, device="cpu")
+        z_, y_ = utils.prepare_z_y(cfg.train.batch_size, self.G.dim_z, classes_of(cfg), device="cpu")
         self.state = {"itr": 0, "epoch": 0}
         self.train = train_fns.GAN_training_function(self.G, self.D, GD, z_, y_, self.ema, self.state,
                                                      train_config(cfg))
@@ -148,14 +158,14 @@ class Peer:
         self.D.train()
         self.G_ema.train()
         x, y = next(self.stream)
-        return self.train(x, y)
+        return self.train(x, y if self.cfg.model.num_classes else torch.zeros_like(y))  # unconditional: class 0
 
     @torch.no_grad()
     def samples(self, n: int, seed: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         G = copy.deepcopy(self.G_ema)  # train-mode sampling would change its statistics
         G.train(mode == "train")
         g = torch.Generator().manual_seed(seed)
-        labels = torch.arange(n) % self.cfg.model.num_classes
+        labels = torch.arange(n) % classes_of(self.cfg)
         z = torch.randn(n, G.dim_z, generator=g)
         out = [G(z[i : i + 100], G.shared(labels[i : i + 100])) for i in range(0, n, 100)]
         return torch.cat(out), labels
