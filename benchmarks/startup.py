@@ -64,8 +64,8 @@ def main() -> None:
         cmds = [["-m", "sagan", "sample", args.sample, "--n", str(args.n), "--out", f"{out}/x", "--device", "cpu"]]
         repeats = 1
     else:
-        cmds = [["-m", "sagan", "--help"], ["-m", "sagan", "train", "--help"], ["-m", "sagan", "sample", "--help"],
-                ["-c", "import sagan"]]
+        cmds = [["-m", "sagan", "--help"], ["-m", "sagan", "--version"], ["-m", "sagan", "train", "--help"],
+                ["-m", "sagan", "sample", "--help"], ["-c", "import sagan"]]
         repeats = args.repeats
     rows = []
     for cmd in cmds:
