@@ -514,12 +514,13 @@ def cmd_eval(argv: list[str]) -> int:
     ref = ns.ref if ns.ref is not None else cfg.data
     data = open_dataset(ref, cfg.model.resolution, cfg.model.img_channels,
                         ns.ref_split or (cfg.dataset.split if ns.ref is None else "train"))
+    which = "raw" if ns.raw else "ema"
     if ns.truncation_sweep is not None:
-        return _truncation_sweep(ns, G, data, extractor, int(state["step"]), ckpt_path, run)
+        return _truncation_sweep(ns, G, data, extractor, int(state["step"]), ckpt_path, run, which)
     res = evaluate_generator(G, data, n=ns.n, extractor=extractor, batch_size=ns.batch_size,
                              seed=ns.seed, intra_fid=not ns.no_intra_fid, truncation=ns.truncation,
-                             ref_limit=ns.ref_samples, generator="raw" if ns.raw else "ema")
-    res.update(step=int(state["step"]), checkpoint=str(ckpt_path), generator="raw" if ns.raw else "ema")
+                             ref_limit=ns.ref_samples, generator=which)
+    res.update(step=int(state["step"]), checkpoint=str(ckpt_path), generator=which)
     if not is_main():
         return 0
     paths = [expand(ns.json)] if ns.json else []
@@ -530,18 +531,18 @@ def cmd_eval(argv: list[str]) -> int:
     return 0
 
 
-def _truncation_sweep(ns, G, data, extractor, step: int, ckpt_path: Path, run: RunDir) -> int:
+def _truncation_sweep(ns, G, data, extractor, step: int, ckpt_path: Path, run: RunDir, which: str) -> int:
     """FID (and IS or KID) at each truncation threshold, and without: a JSON file and the trade-off plot."""
     from .distributed import is_main
     from .evaluation import IS_NEEDS_FULL_FILE, save_truncation_sweep, sweep_table, truncation_sweep
     from .files import free_path
 
     sweep = truncation_sweep(G, data, ns.truncation_sweep, ns.n, extractor, ns.batch_size, ns.seed, ns.ref_samples,
-                             "raw" if ns.raw else "ema")
+                             which)
     if not is_main():
         return 0
     sweep = {"step": step, "checkpoint": str(ckpt_path), **sweep}
-    stem = f"truncation_sweep_step{step:08d}_{'raw' if ns.raw else 'ema'}_n{ns.n}"
+    stem = f"truncation_sweep_step{step:08d}_{which}_n{ns.n}"
     written = save_truncation_sweep(sweep, free_path(run.eval, stem, ".png"),
                                     f"Truncation trade-off, step {step:,}, {ns.n:,} samples per point",
                                     *([expand(ns.json)] if ns.json else []))
