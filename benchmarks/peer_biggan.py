@@ -5,9 +5,15 @@ of a torch-sagan config, on torch-sagan's data tensors, and write its EMA genera
         --seed 0 --sample_steps 500 1000 1500
     python benchmarks/demo_quality.py --samples runs/peer-demo-s0/step_00001500/eval
     python benchmarks/peer_biggan.py --biggan ~/src/BigGAN-PyTorch --preset demo --time 100   # step-time ratio
-    python benchmarks/peer_biggan.py --biggan ~/src/BigGAN-PyTorch --preset celeba64 --set data=celeba.zip \\
-        --out runs/peer-celeba-s0 --modes eval --n 5000       # RGB, 64 px, unconditional
+    python benchmarks/peer_biggan.py --biggan ~/src/BigGAN-PyTorch --preset celeba64_cpu \\
+        --out runs/peer-celeba-s0 --modes eval --minutes 60 --sample_minutes 30 60   # RGB, 64 px, unconditional
     sagan score runs/peer-celeba-s0/step_<N>/eval celeba.zip  # its FID, with torch-sagan's protocol
+    python benchmarks/natural_images.py --peer runs/peer-celeba-s0 ...     # or all marks, in one table
+
+``--minutes`` stops after that much training time (seconds spent in its training function, data
+included, sampling excluded) and ``--sample_minutes`` writes samples at the first step past each
+mark, so that it can be compared with a torch-sagan run at equal CPU time; ``summary.json`` lists
+every sample folder with its step and training seconds.
 
 Nothing of BigGAN-PyTorch is copied here: ``--biggan`` points at a checkout
 (https://github.com/ajbrock/BigGAN-PyTorch), whose ``BigGAN.py``, ``utils.py`` (``ema``,
@@ -233,6 +239,9 @@ def main() -> None:
     ap.add_argument("--config", default=None, help="or a torch-sagan config.yaml (a run's, say)")
     ap.add_argument("--set", nargs="*", default=[], help="dotted overrides, e.g. train.batch_size=64")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--minutes", type=float, default=None, help="stop after this many minutes of training")
+    ap.add_argument("--sample_minutes", type=float, nargs="*", default=[],
+                    help="also write samples at the first step past each of these minutes of training")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sn_eps", type=float, default=1e-8, help="BigGAN-PyTorch's default")
     ap.add_argument("--out", type=Path, default=None)
@@ -255,27 +264,37 @@ def main() -> None:
         sys.exit(f"{args.out} exists; choose a new --out")
     peer = Peer(bg, cfg, args.seed, args.sn_eps, data)
     print(f"BigGAN-PyTorch: G {parameter_count(peer.G):,} and D {parameter_count(peer.D):,} parameters; "
-          f"{cfg.steps} steps, seed {args.seed}", file=sys.stderr)
-    sample_steps = set(args.sample_steps or [cfg.steps])
-    log, t0, train_s = [], time.perf_counter(), 0.0
+          f"{f'{args.minutes} minutes' if args.minutes and args.steps is None else f'{cfg.steps} steps'}, "
+          f"seed {args.seed}", file=sys.stderr)
+    last = 10**9 if args.minutes and args.steps is None else cfg.steps  # --minutes alone: until the time is up
+    sample_steps = set(args.sample_steps or ([] if args.minutes else [cfg.steps]))
+    marks = sorted(m * 60 for m in args.sample_minutes)
+    log, written, t0, train_s = [], [], time.perf_counter(), 0.0
     args.out.mkdir(parents=True)
-    for step in range(1, cfg.steps + 1):
+    for step in range(1, last + 1):
         s0 = time.perf_counter()
         metrics = peer.step()
         train_s += time.perf_counter() - s0
         if step % 25 == 0:
             log.append({"step": step, **metrics, "train_seconds": train_s})
-        if step in sample_steps:
+        out_of_time = args.minutes is not None and train_s >= args.minutes * 60
+        past_mark = bool(marks) and train_s >= marks[0]
+        while marks and train_s >= marks[0]:
+            marks.pop(0)
+        if step in sample_steps or past_mark or out_of_time:
             for mode in args.modes:
                 images, labels = peer.samples(args.n, args.seed, mode)
                 write_samples(images, labels, args.out / f"step_{step:08d}" / mode)
-            print(f"step {step}: samples written ({train_s:.0f} s of training)", file=sys.stderr)
+            written.append({"step": step, "train_seconds": train_s, "folder": f"step_{step:08d}"})
+            print(f"step {step}: samples written ({train_s:.0f} s of training)", file=sys.stderr, flush=True)
+        if out_of_time:
+            break
     (args.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    summary = {"steps": cfg.steps, "seed": args.seed, "train_seconds": train_s,
+    summary = {"steps": step, "seed": args.seed, "train_seconds": train_s, "samples": written,
                "wall_seconds": time.perf_counter() - t0, "device": device_name(), "torch": torch.__version__,
                "config": config_to_dict(cfg), "command": " ".join(sys.argv)}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"done: {train_s / cfg.steps:.3f} s per step", file=sys.stderr)
+    print(f"done: {train_s / step:.3f} s per step", file=sys.stderr)
 
 
 if __name__ == "__main__":
