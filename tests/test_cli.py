@@ -102,6 +102,12 @@ def test_sample_export_and_load_generator(trained, capsys):
 
     r = sagan("export", run, "--out", root / "g.safetensors", cwd=root)
     assert r.returncode == 0, r.stderr
+    r = sagan_inproc(capsys, "export", run, "--out", root / "nc.safetensors", "--license", "non-commercial only")
+    assert r.returncode == 0, r.stderr
+    from safetensors import safe_open
+
+    assert safe_open(str(root / "nc.safetensors"), "pt").metadata()["license"] == "non-commercial only"
+    assert "license" not in safe_open(str(root / "g.safetensors"), "pt").metadata()
     r = sagan("sample", root / "g.safetensors", "--n", 2, "--grid", "--out", root / "grid2.png", cwd=root)
     assert r.returncode == 0, r.stderr
 

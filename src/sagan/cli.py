@@ -115,8 +115,9 @@ def _export_parser() -> ArgumentParser:
     p.add_argument("--hub-dir", "--hub_dir", type=Optional[str], default=None, dest="hub_dir",
                    help="write a Hugging Face model folder instead: model.safetensors, config.json and a README.md "
                         "model card (metadata, how to load it, the training command and config, scores, a sample grid)")
-    p.add_argument("--license", type=str, default="other",
-                   help="licence for the model card's metadata (e.g. mit, cc-by-4.0; default: other)")
+    p.add_argument("--license", type=Optional[str], default=None,
+                   help="licence of the weights (e.g. mit, cc-by-4.0, or a sentence such as 'non-commercial research "
+                        "only, like CIFAR-10'): in the file's metadata, and the model card's (default there: other)")
     p.add_argument("--repo_id", type=Optional[str], default=None, help="owner/name on the Hub, for the model card's "
                    "loading instructions")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -466,13 +467,13 @@ def cmd_export(argv: list[str]) -> int:
         if ns.standing_stats:
             raise UserError("--standing_stats does not apply to --hub-dir; export a file with --standing_stats "
                             "first, then pass that file to --hub-dir")
-        out = export_hub_dir(src, expand(ns.hub_dir), overwrite=ns.overwrite, license=ns.license, repo_id=ns.repo_id)
+        out = export_hub_dir(src, expand(ns.hub_dir), overwrite=ns.overwrite, license=ns.license or "other", repo_id=ns.repo_id)
         info(f"wrote a Hugging Face model folder to {out} (model.safetensors, config.json, README.md); upload it "
              f"with `hf upload {ns.repo_id or 'OWNER/REPO'} {out}`, then load it with sagan.load_generator("
              f"'hf://{ns.repo_id or 'OWNER/REPO'}')")
         return 0
     out = _out_path(ns, run.export)
-    export_generator(src, out, overwrite=ns.overwrite, transform=lambda G: _standing(G, ns))
+    export_generator(src, out, overwrite=ns.overwrite, transform=lambda G: _standing(G, ns), license=ns.license)
     info(f"exported the EMA generator to {out}; load it with sagan.load_generator('{out}')")
     return 0
 

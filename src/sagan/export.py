@@ -43,16 +43,17 @@ def baked_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def export_generator(src: str | os.PathLike | ModelSource, out: str | os.PathLike, overwrite: bool = False,
-                     transform=None) -> Path:
+                     transform=None, license: str | None = None) -> Path:
     """Write the EMA generator of a run or checkpoint to ``out`` as safetensors, with spectral
     norm baked into plain weights and the run config in the metadata; ``transform(G)``, when
-    given, runs on the generator first (``sagan export --standing_stats``)."""
+    given, runs on the generator first (``sagan export --standing_stats``); ``license``, when
+    given, goes into the metadata too (weights trained on non-commercial data should say so)."""
     out = expand(out)
     refuse_existing(out, overwrite)
-    return _write_generator(resolve_source(src).checkpoint()[1], out, transform)
+    return _write_generator(resolve_source(src).checkpoint()[1], out, transform, license)
 
 
-def _write_generator(state: dict, out: Path, transform=None) -> Path:
+def _write_generator(state: dict, out: Path, transform=None, license: str | None = None) -> Path:
     """The EMA generator of a loaded checkpoint, SN baked in, as safetensors at ``out``."""
     from safetensors.torch import save
 
@@ -61,6 +62,8 @@ def _write_generator(state: dict, out: Path, transform=None) -> Path:
         G = transform(G)
     tensors = {k: v.contiguous() for k, v in baked_state_dict(G).items()}
     meta = {"config": json.dumps(state["config"]), "step": str(int(state["step"])), "format": FORMAT}
+    if license:
+        meta["license"] = license
     return atomic_write(out, save(tensors, metadata=meta))
 
 
@@ -172,7 +175,7 @@ def export_hub_dir(src: str | os.PathLike, out: str | os.PathLike, overwrite: bo
         step, scores = None, []
     else:
         ckpt, state = source.checkpoint()  # read once
-        _write_generator(state, out / HUB_MODEL)
+        _write_generator(state, out / HUB_MODEL, license=license)
         config, step, scores = state["config"], int(state["step"]), _scores(run_of(ckpt))
     atomic_write(out / "config.json", json.dumps({"library_name": "torch-sagan", **config}, indent=2) + "\n")
     atomic_write(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))

@@ -128,5 +128,7 @@ def locate(source: str | os.PathLike) -> Located | None:
                 raise UserError(f"the packaged {text} generator does not match its sha256; reinstall torch-sagan")
         else:
             path = _download(e["url"], e.get("sha256"), f"the pretrained generator {text!r}")
+        if e.get("notice"):  # terms a user must see before using the samples (non-commercial data, say)
+            info(f"{text}: {e['notice']}")
         return Located(path, text, True)
     return None
