@@ -5,7 +5,7 @@ of a torch-sagan config, on torch-sagan's data tensors, and write its EMA genera
         --seed 0 --sample_steps 500 1000 1500
     python benchmarks/demo_quality.py --samples runs/peer-demo-s0/step_00001500/eval
     python benchmarks/peer_biggan.py --biggan ~/src/BigGAN-PyTorch --preset demo --time 100   # step-time ratio
-    python benchmarks/peer_biggan.py --biggan ~/src/BigGAN-PyTorch --preset celeba64_cpu \\
+    python benchmarks/peer_biggan.py --biggan ~/src/BigGAN-PyTorch --preset celeba64 --set data=celeba.zip \\
         --out runs/peer-celeba-s0 --modes eval --minutes 60 --sample_minutes 30 60   # RGB, 64 px, unconditional
     sagan score runs/peer-celeba-s0/step_<N>/eval celeba.zip  # its FID, with torch-sagan's protocol
     python benchmarks/natural_images.py --peer runs/peer-celeba-s0 ...     # or all marks, in one table
