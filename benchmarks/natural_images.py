@@ -42,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import add_protocol_args, append_rows, command_line, device_name, print_table  # noqa: E402
 
 from sagan.checkpoints import CheckpointManager, load_checkpoint  # noqa: E402
-from sagan.config import config_from_dict  # noqa: E402
 from sagan.data import open_dataset  # noqa: E402
 from sagan.evaluation import evaluate_folders, evaluate_generator, protocol_line  # noqa: E402
 from sagan.inception import InceptionExtractor  # noqa: E402
@@ -55,35 +54,28 @@ HEADER = ["date", "device", "torch", "tool", "run", "mark (min)", "trained (min)
 
 
 def training_seconds(run: RunDir) -> dict[int, float]:
-    """Seconds of training up to each logged step of a torch-sagan run, from its log."""
-    cfg = config_from_dict(json.loads(json.dumps(_saved(run))), str(run.config_path))
-    per_step = cfg.train.batch_size * cfg.train.n_dis  # real images through D per step and process
+    """Seconds of training up to each logged step of a single-process torch-sagan run, from its log."""
+    cfg = run.saved_config()
+    per_step = cfg.train.batch_size * cfg.train.n_dis  # real images through D per step
     total, last, out = 0.0, 0, {}
     for line in run.metrics.read_text().splitlines():
         rec = json.loads(line)
         if rec.get("eval") or "img_per_s" not in rec or rec["step"] <= last:
             continue
-        world = rec.get("world", 1)
-        total += (rec["step"] - last) * per_step * world / rec["img_per_s"]
+        total += (rec["step"] - last) * per_step / rec["img_per_s"]
         last = rec["step"]
         out[last] = total
     return out
 
 
-def _saved(run: RunDir) -> dict:
-    import yaml
-
-    return yaml.safe_load(run.config_path.read_text())
-
-
-def ours_at(run: RunDir, seconds: float) -> tuple[Path, int, float] | None:
-    """The last checkpoint of ``run`` at or before ``seconds`` of training: (path, step, seconds)."""
-    times = training_seconds(run)
+def ours_at(run: RunDir, times: dict[int, float], seconds: float) -> tuple[Path, int, float] | None:
+    """The last checkpoint of ``run`` at or before ``seconds`` of training (``times``: its
+    :func:`training_seconds`): (path, step, seconds)."""
     best = None
-    for path in CheckpointManager(run.checkpoints).paths():
+    for path in CheckpointManager(run.checkpoints).paths():  # oldest first
         step = int(path.stem.split("_")[-1])
         t = times.get(step)
-        if t is not None and t <= seconds and (best is None or step > best[1]):
+        if t is not None and t <= seconds:
             best = (path, step, t)
     return best
 
@@ -193,8 +185,9 @@ def main() -> None:
     kept = json.loads(args.json.read_text()) if args.json.exists() else {}
     items = []  # (tool, run, mark, what, step, seconds)
     for run in args.ours:
+        times = training_seconds(RunDir(run))
         for m in args.minutes:
-            found = ours_at(RunDir(run), m * 60)
+            found = ours_at(RunDir(run), times, m * 60)
             items.append(("torch-sagan", run, m, *(found or (None, None, None))))
     for out in args.peer:
         for m in args.minutes:
@@ -202,7 +195,7 @@ def main() -> None:
             items.append(("BigGAN-PyTorch", out, m, *(found or (None, None, None))))
     resolution = args.resolution
     if resolution is None and args.ours:
-        resolution = config_from_dict(_saved(RunDir(args.ours[0]))).model.resolution
+        resolution = RunDir(args.ours[0]).saved_config().model.resolution
     if resolution is None:
         from sagan.data import peek_resolution
 

@@ -263,10 +263,10 @@ def main() -> None:
     if args.out.exists():
         sys.exit(f"{args.out} exists; choose a new --out")
     peer = Peer(bg, cfg, args.seed, args.sn_eps, data)
+    timed = args.minutes is not None and args.steps is None  # --minutes alone: until the time is up
     print(f"BigGAN-PyTorch: G {parameter_count(peer.G):,} and D {parameter_count(peer.D):,} parameters; "
-          f"{f'{args.minutes} minutes' if args.minutes and args.steps is None else f'{cfg.steps} steps'}, "
-          f"seed {args.seed}", file=sys.stderr)
-    last = 10**9 if args.minutes and args.steps is None else cfg.steps  # --minutes alone: until the time is up
+          f"{f'{args.minutes} minutes' if timed else f'{cfg.steps} steps'}, seed {args.seed}", file=sys.stderr)
+    last = 10**9 if timed else cfg.steps
     sample_steps = set(args.sample_steps or ([] if args.minutes else [cfg.steps]))
     marks = sorted(m * 60 for m in args.sample_minutes)
     log, written, t0, train_s = [], [], time.perf_counter(), 0.0
@@ -278,9 +278,10 @@ def main() -> None:
         if step % 25 == 0:
             log.append({"step": step, **metrics, "train_seconds": train_s})
         out_of_time = args.minutes is not None and train_s >= args.minutes * 60
-        past_mark = bool(marks) and train_s >= marks[0]
+        past_mark = False
         while marks and train_s >= marks[0]:
             marks.pop(0)
+            past_mark = True
         if step in sample_steps or past_mark or out_of_time:
             for mode in args.modes:
                 images, labels = peer.samples(args.n, args.seed, mode)

@@ -13,8 +13,8 @@ import torch
 import yaml
 
 import sagan
-from sagan.registry import entries
 from sagan.console import UserError
+from sagan.registry import entries
 
 from helpers import sagan_inproc
 
