@@ -230,9 +230,9 @@ def test_attention_runs_on_a_fused_kernel(layout, backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_avg_pool2x2_equals_avg_pool2d_forward_and_backward(dtype, channels_last):
-    """D's pooling by strided slices: bit for bit torch's avg_pool2d on the CPU, values and
-    gradients, in every precision and memory format that training uses."""
-    from sagan.layers import avg_pool2x2
+    """D's pooling by strided slices (what it runs on CUDA): bit for bit torch's avg_pool2d on the
+    CPU, values and gradients, in every precision and memory format that training uses."""
+    from sagan.layers import avg_pool2x2, avg_pool2x2_slices
 
     g = torch.Generator().manual_seed(0)
     for scale in (1.0, 1e3, 1e-3):
@@ -240,7 +240,7 @@ def test_avg_pool2x2_equals_avg_pool2d_forward_and_backward(dtype, channels_last
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(True)
-        ref, ours = torch.nn.functional.avg_pool2d(x, 2), avg_pool2x2(x)
+        ref, ours = torch.nn.functional.avg_pool2d(x, 2), avg_pool2x2_slices(x)
         assert ours.dtype == dtype and ours.shape == ref.shape == (3, 8, 8, 6)
         assert torch.equal(ours, ref)
         up = torch.randn(ref.shape, generator=g).to(dtype)

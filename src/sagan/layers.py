@@ -25,6 +25,7 @@ __all__ = [
     "ConditionalBatchNorm2d",
     "record_attention",
     "avg_pool2x2",
+    "avg_pool2x2_slices",
     "upsample2x",
 ]
 
@@ -237,12 +238,19 @@ class ConditionalBatchNorm2d(nn.Module):
 
 
 def avg_pool2x2(x: torch.Tensor) -> torch.Tensor:
-    """2x2 average pooling, stride 2, equal in value to ``F.avg_pool2d(x, 2)`` forward and backward
-    (summed in the kernel's order, in float32 for half types), built from four strided slices so
-    that its backward is elementwise in any memory format: on an H200, ``avg_pool2d``'s backward in
-    channels_last took 15% of the imagenet128 step's CUDA time (``benchmarks/RESULTS.md``)."""
+    """2x2 average pooling, stride 2, equal in value to ``F.avg_pool2d(x, 2)`` forward and backward.
+    On CUDA it runs as :func:`avg_pool2x2_slices`: on an H200, ``avg_pool2d``'s backward in
+    channels_last took 15% of the imagenet128 step's CUDA time (``benchmarks/RESULTS.md``). On the
+    CPU the kernel is the faster of the two (the slices made the demo's step 3% and cifar10_cpu's
+    bf16 step 32% slower on 2 cores, ``benchmarks/pooling.py``), so it is used there."""
     if x.shape[-1] % 2 or x.shape[-2] % 2:
         raise ValueError(f"avg_pool2x2 needs an even height and width, got {tuple(x.shape[-2:])}")
+    return avg_pool2x2_slices(x) if x.is_cuda else F.avg_pool2d(x, 2)
+
+
+def avg_pool2x2_slices(x: torch.Tensor) -> torch.Tensor:
+    """2x2 average pooling built from four strided slices, summed in ``avg_pool2d``'s order (in
+    float32 for half types), so that its backward is elementwise in any memory format; even sizes."""
     y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     out = ((y[..., 0::2, 0::2] + y[..., 0::2, 1::2]) + y[..., 1::2, 0::2]) + y[..., 1::2, 1::2]
     return (out * 0.25).to(x.dtype)
