@@ -42,7 +42,7 @@ __all__ = [
     "ConfigError",
 ]
 
-PRESETS = ("demo", "cifar10", "cifar10_cpu", "celeba64", "celeba128", "imagenet128")
+PRESETS = ("demo", "cifar10", "cifar10_cpu", "celeba64", "celeba64_cpu", "celeba128", "imagenet128")
 
 
 class ConfigError(UserError, ValueError):
