@@ -136,3 +136,19 @@ def append_rows(section: str, header: list[str], rows: list[list[str]]) -> None:
         at = i
     lines[at:at] = [table_row(r) for r in rows]
     RESULTS.write_text("\n".join(lines) + "\n")
+
+
+def training_seconds(run) -> dict[int, float]:
+    """Seconds of training up to each logged step of a single-process torch-sagan run (a
+    ``sagan.rundir.RunDir``), from its log: each log interval lasted its images / ``img_per_s``."""
+    cfg = run.saved_config()
+    per_step = cfg.train.batch_size * cfg.train.n_dis  # real images through D per step
+    total, last, out = 0.0, 0, {}
+    for line in run.metrics.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("eval") or "img_per_s" not in rec or rec["step"] <= last:
+            continue
+        total += (rec["step"] - last) * per_step / rec["img_per_s"]
+        last = rec["step"]
+        out[last] = total
+    return out

@@ -1,11 +1,13 @@
 """FID against CPU time and against steps: torch-sagan runs and BigGAN-PyTorch runs side by side,
 at the same marks of training time, scored with one protocol.
 
-    python benchmarks/natural_images.py --ref ../shared/data/cifar10/train.zip --minutes 30 60 \\
+    python benchmarks/natural_images.py --ref ../shared/data/cifar10/train.zip --minutes 30 end \\
         --ours runs/c10cpu-s0 runs/c10cpu-s1 --peer runs/peer-c10-s0 runs/peer-c10-s1 \\
         --json runs/c10cpu-fid.json [--n 5000] [--record]
 
-What is compared at each mark (minutes of training on this machine):
+What is compared at each mark (minutes of training on this machine, or ``end``: each run's last
+checkpoint or samples, which is the equal-time mark when the peer ran with ``--minutes`` set to
+the torch-sagan run's training time):
 
 * a torch-sagan run (``sagan train``): its last checkpoint at or before the mark. A run's training
   time comes from its ``metrics.jsonl``: each log interval lasted its images / ``img_per_s``, which
@@ -39,7 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import add_protocol_args, append_rows, command_line, device_name, print_table  # noqa: E402
+from common import add_protocol_args, append_rows, command_line, device_name, print_table, training_seconds  # noqa: E402
 
 from sagan.checkpoints import CheckpointManager, load_checkpoint  # noqa: E402
 from sagan.data import open_dataset  # noqa: E402
@@ -53,24 +55,9 @@ HEADER = ["date", "device", "torch", "tool", "run", "mark (min)", "trained (min)
           "protocol", "command"]
 
 
-def training_seconds(run: RunDir) -> dict[int, float]:
-    """Seconds of training up to each logged step of a single-process torch-sagan run, from its log."""
-    cfg = run.saved_config()
-    per_step = cfg.train.batch_size * cfg.train.n_dis  # real images through D per step
-    total, last, out = 0.0, 0, {}
-    for line in run.metrics.read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("eval") or "img_per_s" not in rec or rec["step"] <= last:
-            continue
-        total += (rec["step"] - last) * per_step / rec["img_per_s"]
-        last = rec["step"]
-        out[last] = total
-    return out
-
-
 def ours_at(run: RunDir, times: dict[int, float], seconds: float) -> tuple[Path, int, float] | None:
     """The last checkpoint of ``run`` at or before ``seconds`` of training (``times``: its
-    :func:`training_seconds`): (path, step, seconds)."""
+    :func:`training_seconds`; ``inf``: its last checkpoint): (path, step, seconds)."""
     best = None
     for path in CheckpointManager(run.checkpoints).paths():  # oldest first
         step = int(path.stem.split("_")[-1])
@@ -81,12 +68,25 @@ def ours_at(run: RunDir, times: dict[int, float], seconds: float) -> tuple[Path,
 
 
 def peer_at(out: Path, seconds: float) -> tuple[Path, int, float] | None:
-    """The samples a peer_biggan.py run wrote at the first step past ``seconds``."""
+    """The samples a peer_biggan.py run wrote at the first step past ``seconds`` (``inf``: its last)."""
     summary = json.loads((out / "summary.json").read_text())
-    for s in sorted(summary.get("samples", []), key=lambda s: s["train_seconds"]):
+    samples = sorted(summary.get("samples", []), key=lambda s: s["train_seconds"])
+    if seconds == float("inf") and samples:
+        seconds = samples[-1]["train_seconds"]
+    for s in samples:
         if s["train_seconds"] >= seconds:
             return out / s["folder"] / "eval", s["step"], s["train_seconds"]
     return None
+
+
+def parse_mark(text: str) -> float:
+    """A ``--minutes`` mark: minutes of training, or ``end`` (each run's last)."""
+    if text == "end":
+        return float("inf")
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes or 'end'") from None
 
 
 def score_ours(path: Path, ref, n: int, extractor) -> dict:
@@ -160,7 +160,8 @@ def figure(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ref", required=True, help="reference images (the training set)")
-    ap.add_argument("--minutes", type=float, nargs="+", default=[], help="marks of training time")
+    ap.add_argument("--minutes", type=parse_mark, nargs="+", default=[],
+                    help="marks of training time in minutes, or 'end' for each run's last checkpoint/samples")
     ap.add_argument("--ours", type=Path, nargs="*", default=[], help="torch-sagan run folders")
     ap.add_argument("--peer", type=Path, nargs="*", default=[], help="peer_biggan.py output folders")
     ap.add_argument("--n", type=int, default=5000, help="samples per score (the peer's --n must match)")
@@ -204,7 +205,7 @@ def main() -> None:
     rows = []
     for tool, run, mark, what, step, seconds in items:
         if what is None:
-            print(f"{tool} {run}: nothing at {mark} min yet", file=sys.stderr)
+            print(f"{tool} {run}: nothing at {mark:g} min yet", file=sys.stderr)
             continue
         key = f"{what}:{args.n}"
         if key not in kept:
@@ -217,7 +218,7 @@ def main() -> None:
                          "protocol_line": protocol_line(res), "step": step, "train_seconds": seconds}
             args.json.write_text(json.dumps(kept, indent=2))
         r = kept[key]
-        rows.append([date.today().isoformat(), device_name(), torch.__version__, tool, run.name, f"{mark:g}",
+        rows.append([date.today().isoformat(), device_name(), torch.__version__, tool, run.name, f"{mark:g}" if mark != float("inf") else "end",
                      f"{seconds / 60:.1f}", str(step), f"{r['fid']:.2f}",
                      f"{r['kid']:.4f}" if r.get("kid") is not None else "", r["protocol_line"], command_line("natural_images.py")])
     print_table(HEADER, rows)

@@ -13,7 +13,10 @@ of a torch-sagan config, on torch-sagan's data tensors, and write its EMA genera
 ``--minutes`` stops after that much training time (seconds spent in its training function, data
 included, sampling excluded) and ``--sample_minutes`` writes samples at the first step past each
 mark, so that it can be compared with a torch-sagan run at equal CPU time; ``summary.json`` lists
-every sample folder with its step and training seconds.
+every sample folder with its step and training seconds. ``--match RUN`` takes the time from a
+torch-sagan run folder: as long as it trained (to its last logged step, measured as
+``natural_images.py`` measures it), with samples at half that time unless ``--sample_minutes`` says
+otherwise; ``natural_images.py --minutes <half> end`` then compares the two at both marks.
 
 Nothing of BigGAN-PyTorch is copied here: ``--biggan`` points at a checkout
 (https://github.com/ajbrock/BigGAN-PyTorch), whose ``BigGAN.py``, ``utils.py`` (``ema``,
@@ -56,7 +59,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_name  # noqa: E402
+from common import device_name, training_seconds  # noqa: E402
 
 from sagan.config import complete, config_from_dict, config_to_dict, load_config, load_preset  # noqa: E402
 from sagan.data import BatchStream, open_dataset  # noqa: E402
@@ -232,6 +235,24 @@ def resolve_config(args):
     return complete(cfg, data, workers=0), data
 
 
+def match_run(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--match RUN``: --minutes from a torch-sagan run's training time, --sample_minutes at half."""
+    from sagan.rundir import RunDir
+
+    if args.minutes is not None or args.steps is not None:
+        ap.error("--match sets the training time; leave out --minutes and --steps")
+    run = RunDir(args.match)
+    if not run.metrics.is_file():
+        ap.error(f"{args.match} is not a torch-sagan run folder with a training log (metrics.jsonl)")
+    times = training_seconds(run)
+    if not times:
+        ap.error(f"{args.match} has logged no training step yet")
+    args.minutes = times[max(times)] / 60
+    args.sample_minutes = args.sample_minutes or [args.minutes / 2]
+    print(f"matching {args.match}: {args.minutes:.3f} minutes to its step {max(times)}, samples at "
+          f"{', '.join(f'{m:.3f}' for m in args.sample_minutes)} and at the end", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--biggan", type=Path, required=True, help="a BigGAN-PyTorch checkout")
@@ -240,6 +261,8 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="dotted overrides, e.g. train.batch_size=64")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--minutes", type=float, default=None, help="stop after this many minutes of training")
+    ap.add_argument("--match", type=Path, default=None,
+                    help="a torch-sagan run folder: train as long as it did (sets --minutes), sample at half")
     ap.add_argument("--sample_minutes", type=float, nargs="*", default=[],
                     help="also write samples at the first step past each of these minutes of training")
     ap.add_argument("--seed", type=int, default=0)
@@ -251,6 +274,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--time", type=int, default=0, help="only time N iterations of each, alternating")
     args = ap.parse_args()
+    if args.match is not None:
+        match_run(ap, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     bg = import_biggan(args.biggan.expanduser().resolve())
