@@ -59,7 +59,8 @@ def _train_parser(base: RunConfig) -> ArgumentParser:
     return p
 
 
-def _source(p: ArgumentParser, what: str = "run directory, checkpoint (.pt) or exported .safetensors") -> None:
+def _source(p: ArgumentParser, what: str = ("run directory, checkpoint (.pt), exported .safetensors, pretrained name (e.g. celeba64_cpu), "
+                                        "https:// URL or hf://OWNER/REPO")) -> None:
     p.add_argument("source", type=str, help=what)
 
 
@@ -468,7 +469,7 @@ def cmd_export(argv: list[str]) -> int:
             raise UserError("--standing_stats does not apply to --hub-dir; export a file with --standing_stats "
                             "first, then pass that file to --hub-dir")
         out = export_hub_dir(src, expand(ns.hub_dir), overwrite=ns.overwrite, license=ns.license or "other", repo_id=ns.repo_id)
-        info(f"wrote a Hugging Face model folder to {out} (model.safetensors, config.json, README.md); upload it "
+        info(f"wrote a Hugging Face model folder to {out} (model.safetensors, config.json, config.yaml, samples.png, README.md); upload it "
              f"with `hf upload {ns.repo_id or 'OWNER/REPO'} {out}`, then load it with sagan.load_generator("
              f"'hf://{ns.repo_id or 'OWNER/REPO'}')")
         return 0
