@@ -31,7 +31,7 @@ from .config import (PRESETS, RunConfig, base_config, config_from_dict, config_t
                      read_yaml, suggest_key)
 from .console import UserError, info  # noqa: E402
 from .files import expand  # noqa: E402
-from .rundir import RunDir  # noqa: E402
+from .rundir import HUB_FILES, RunDir  # noqa: E402
 
 
 def _parser(prog: str, description: str) -> ArgumentParser:
@@ -59,8 +59,11 @@ def _train_parser(base: RunConfig) -> ArgumentParser:
     return p
 
 
-def _source(p: ArgumentParser, what: str = ("run directory, checkpoint (.pt), exported .safetensors, pretrained name (e.g. celeba64_cpu), "
-                                        "https:// URL or hf://OWNER/REPO")) -> None:
+_ANY_SOURCE = ("run directory, checkpoint (.pt), exported .safetensors, pretrained name (e.g. celeba64_cpu), "
+               "https:// URL or hf://OWNER/REPO")
+
+
+def _source(p: ArgumentParser, what: str = _ANY_SOURCE) -> None:
     p.add_argument("source", type=str, help=what)
 
 
@@ -114,8 +117,8 @@ def _export_parser() -> ArgumentParser:
     _source(p, "run directory or checkpoint (.pt) (with --hub-dir also an exported file or pretrained name)")
     p.add_argument("--out", type=Optional[str], default=None, help="output file (default: <run>/generator_ema.safetensors)")
     p.add_argument("--hub-dir", "--hub_dir", type=Optional[str], default=None, dest="hub_dir",
-                   help="write a Hugging Face model folder instead: model.safetensors, config.json and a README.md "
-                        "model card (metadata, how to load it, the training command and config, scores, a sample grid)")
+                   help=f"write a Hugging Face model folder instead: {', '.join(HUB_FILES)} (the "
+                        "model card: metadata, how to load it, the training command and config, scores, a sample grid)")
     p.add_argument("--license", type=Optional[str], default=None,
                    help="licence of the weights (e.g. mit, cc-by-4.0, or a sentence such as 'non-commercial research "
                         "only, like CIFAR-10'): in the file's metadata, and the model card's (default there: other)")
@@ -469,7 +472,7 @@ def cmd_export(argv: list[str]) -> int:
             raise UserError("--standing_stats does not apply to --hub-dir; export a file with --standing_stats "
                             "first, then pass that file to --hub-dir")
         out = export_hub_dir(src, expand(ns.hub_dir), overwrite=ns.overwrite, license=ns.license or "other", repo_id=ns.repo_id)
-        info(f"wrote a Hugging Face model folder to {out} (model.safetensors, config.json, config.yaml, samples.png, README.md); upload it "
+        info(f"wrote a Hugging Face model folder to {out} ({', '.join(HUB_FILES)}); upload it "
              f"with `hf upload {ns.repo_id or 'OWNER/REPO'} {out}`, then load it with sagan.load_generator("
              f"'hf://{ns.repo_id or 'OWNER/REPO'}')")
         return 0

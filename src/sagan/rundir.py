@@ -48,6 +48,7 @@ GENERATED = "generated"
 REPORT = "report.html"
 EXPORT = "generator_ema.safetensors"
 HUB_MODEL = "model.safetensors"  # the model file of a folder written by sagan export --hub-dir
+HUB_FILES = (HUB_MODEL, "config.json", "config.yaml", "samples.png", "README.md")  # all that folder holds
 # what --overwrite deletes: the run's own entries, nothing else in the folder
 ENTRIES = (CONFIG_FILE, CKPT_DIR, SAMPLES, TB, METRICS, EXPORT, GENERATED, EVAL, ATTENTION, INTERPOLATION, REPORT,
            "wandb", "wandb_id")
