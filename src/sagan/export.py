@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 from .files import atomic_write, expand, refuse_existing
 from .loading import generator_from_checkpoint
 from .models import eval_mode
-from .rundir import HUB_MODEL, run_of
+from .rundir import CONFIG_FILE, HUB_CARD, HUB_CONFIG, HUB_MODEL, HUB_SAMPLES, run_of
 from .sources import ModelSource, resolve_source
 
 __all__ = ["export_generator", "baked_state_dict"]
@@ -109,7 +109,7 @@ A {'class-conditional' if m.get('num_classes') else 'unconditional'} SAGAN gener
 with torch-sagan (`pip install torch-sagan`) on {data}{f' for {step:,} steps' if step else ''}. This is the EMA generator
 with spectral norm baked into plain weights.
 
-![samples](samples.png)
+![samples]({HUB_SAMPLES})
 
 ## Use it
 
@@ -177,11 +177,11 @@ def export_hub_dir(src: str | os.PathLike, out: str | os.PathLike, overwrite: bo
         ckpt, state = source.checkpoint()  # read once
         _write_generator(state, out / HUB_MODEL, license=license)
         config, step, scores = state["config"], int(state["step"]), _scores(run_of(ckpt))
-    atomic_write(out / "config.json", json.dumps({"library_name": "torch-sagan", **config}, indent=2) + "\n")
-    atomic_write(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    atomic_write(out / HUB_CONFIG, json.dumps({"library_name": "torch-sagan", **config}, indent=2) + "\n")
+    atomic_write(out / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
     G = load_generator(out / HUB_MODEL)
     k = G.num_classes
     y = torch.arange(min(k, 10)).repeat_interleave(8) if k else None
-    save_grid(G.sample(len(y) if k else 64, y=y, seed=0), out / "samples.png", columns=8)
-    atomic_write(out / "README.md", _model_card(config, step, scores, license, repo_id or "OWNER/REPO"))
+    save_grid(G.sample(len(y) if k else 64, y=y, seed=0), out / HUB_SAMPLES, columns=8)
+    atomic_write(out / HUB_CARD, _model_card(config, step, scores, license, repo_id or "OWNER/REPO"))
     return out

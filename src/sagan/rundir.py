@@ -48,7 +48,8 @@ GENERATED = "generated"
 REPORT = "report.html"
 EXPORT = "generator_ema.safetensors"
 HUB_MODEL = "model.safetensors"  # the model file of a folder written by sagan export --hub-dir
-HUB_FILES = (HUB_MODEL, "config.json", "config.yaml", "samples.png", "README.md")  # all that folder holds
+HUB_CONFIG, HUB_SAMPLES, HUB_CARD = "config.json", "samples.png", "README.md"  # the rest of that folder
+HUB_FILES = (HUB_MODEL, HUB_CONFIG, CONFIG_FILE, HUB_SAMPLES, HUB_CARD)  # all it holds, as export_hub_dir writes them
 # what --overwrite deletes: the run's own entries, nothing else in the folder
 ENTRIES = (CONFIG_FILE, CKPT_DIR, SAMPLES, TB, METRICS, EXPORT, GENERATED, EVAL, ATTENTION, INTERPOLATION, REPORT,
            "wandb", "wandb_id")
