@@ -1,7 +1,6 @@
 """End to end through the command line, in subprocesses, as a user runs it."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -64,7 +64,7 @@ def test_two_nodes_train_into_one_run_exactly_as_one_node_with_two_processes(run
     """Multi-node through torchrun, simulated here: two launches of one process each (node ranks
     0 and 1, a c10d rendezvous) train together into one run directory and end with the weights
     of the one-node, two-process run."""
-    (a0, a1), (b0, b1) = runs[("fit", 2)], runs[("fit", "2 nodes")]
+    (a0, _a1), (b0, b1) = runs[("fit", 2)], runs[("fit", "2 nodes")]
     for net in ("G", "D"):
         for k in a0[net]:
             assert torch.equal(a0[net][k], b0[net][k]) and torch.equal(b0[net][k], b1[net][k]), (net, k)

@@ -1,7 +1,6 @@
 """What careless or hostile input does at the command line: each case ends as one line that says
 what to do (exit status 2), runs no code and loses nothing."""
 
-import json
 import shutil
 
 import pytest
